@@ -1,0 +1,21 @@
+"""Errors users see. Short, and each names what to change."""
+
+
+class SDWidgetsError(Exception):
+    """Base class for errors raised by sdwidgets."""
+
+
+class ParamError(SDWidgetsError, ValueError):
+    """A generation parameter is invalid. Raised before any model work."""
+
+
+class ModelNotFoundError(ParamError):
+    """A model alias, folder, file or hub id could not be resolved."""
+
+
+class UnsafeModelError(ParamError):
+    """A pickled checkpoint was refused (it can run arbitrary code when loaded)."""
+
+
+class OutOfMemoryError(SDWidgetsError, MemoryError):
+    """The device ran out of memory; the message lists the options that would help."""

@@ -1,0 +1,145 @@
+"""Model resolution and loading: builtin alias, local diffusers folder, single file, hub id.
+
+`resolve()` only looks at names and the file system (no torch, no network), so a
+bad model name fails before any model work. `load_pipeline()` does the loading.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError, UnsafeModelError
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL = "shapes"
+# Alias -> folder shipped inside the package.
+BUILTIN_MODELS = {"shapes": ASSETS / "shapes"}
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+_HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from. `key` identifies it in the Session's cache."""
+
+    kind: str            # "builtin" | "folder" | "single_file" | "hub"
+    location: str        # folder/file path or hub id
+    name: str            # short display name (for the log and the A1111 "Model:" field)
+    allow_unsafe: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.location
+
+
+def resolve(spec: str | Path | None, *, allow_unsafe: bool = False) -> ModelRef:
+    """Turn what the user typed into a ModelRef, or raise ModelNotFoundError / UnsafeModelError."""
+    if spec is None or str(spec).strip() == "":
+        spec = DEFAULT_MODEL
+    text = str(spec).strip()
+    if text in BUILTIN_MODELS:
+        folder = BUILTIN_MODELS[text]
+        if not (folder / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"model: the builtin model {text!r} is not installed at {folder} "
+                "(train it with `python -m sdwidgets.training.shapes`)")
+        return ModelRef("builtin", str(folder), text)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_unsafe:
+            raise UnsafeModelError(
+                f"model: {text!r} is a pickled checkpoint; loading it can run arbitrary code. "
+                "Use a .safetensors file or a diffusers folder, or pass allow_unsafe=True if you trust its source.")
+        if not path.is_file():
+            raise ModelNotFoundError(f"model: no such file: {text!r}")
+        return ModelRef("single_file", str(path.resolve()), path.stem, allow_unsafe=True)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"model: folder {text!r} is not a diffusers model (no model_index.json)")
+        return ModelRef("folder", str(path.resolve()), path.name)
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise ModelNotFoundError(f"model: no such file: {text!r}")
+        return ModelRef("single_file", str(path.resolve()), path.stem)
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return ModelRef("hub", text, text.split("/")[-1])
+    raise ModelNotFoundError(
+        f"model: {text!r} is not a builtin alias ({', '.join(BUILTIN_MODELS)}), an existing diffusers folder, "
+        "a .safetensors file or a hub id like 'stabilityai/sd-turbo'")
+
+
+def weights_hash(ref: ModelRef, pipe=None) -> str:
+    """sha256 over the model's weight files (name + bytes), the content identity in the log.
+
+    For a hub id the files are those of the local snapshot the pipeline was loaded from.
+    """
+    if ref.kind == "single_file":
+        files = [Path(ref.location)]
+        root = files[0].parent
+    else:
+        root = Path(ref.location) if ref.kind != "hub" else _hub_snapshot(ref.location)
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+                       and not p.is_relative_to(root / "loras") and "controlnet" not in p.relative_to(root).parts[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, local_files_only=True))
+
+
+def dtype_kwargs(dtype) -> dict:
+    """`dtype=` for diffusers that renamed it (torch_dtype is deprecated there), else `torch_dtype=`."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def load_pipeline(ref: ModelRef, *, torch_dtype, safety_checker: bool = True):
+    """Load a text-to-image pipeline for `ref` (AutoPipeline picks SD1/2, SDXL, SD3, ...)."""
+    import diffusers
+
+    extra = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+    if ref.kind == "single_file":
+        cls = _single_file_class(Path(ref.location))
+        return cls.from_single_file(ref.location, **dtype_kwargs(torch_dtype), **extra)
+    try:
+        return diffusers.AutoPipelineForText2Image.from_pretrained(ref.location, **dtype_kwargs(torch_dtype), **extra)
+    except OSError as exc:
+        if ref.kind == "hub":
+            raise ModelNotFoundError(
+                f"model: could not load {ref.location!r} from the Hugging Face Hub ({exc}). "
+                "Check the id, your network and `huggingface-cli login` for gated models.") from exc
+        raise
+
+
+def _single_file_class(path: Path):
+    """Pick the pipeline class of an original-format checkpoint from its tensor names."""
+    import diffusers
+
+    keys: set[str] = set()
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):
+        return diffusers.StableDiffusion3Pipeline
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return diffusers.StableDiffusionXLPipeline
+    return diffusers.StableDiffusionPipeline
+
+
+def builtin_assets(ref: ModelRef) -> Path | None:
+    """The asset folder of a builtin model (ControlNets, LoRAs, preview factors), if any."""
+    return Path(ref.location) if ref.kind == "builtin" else None

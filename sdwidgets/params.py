@@ -1,0 +1,304 @@
+"""GenerationParams: the single, validated description of a run.
+
+Validation happens here, before any model work, so a bad call never touches the
+model or the log. Params serialise to a plain dict (the log, the PNG JSON chunk)
+and to AUTOMATIC1111 "parameters" text (what other Stable Diffusion tools read).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ParamError
+from .schedulers import SAMPLER_NAMES, check_sampler
+
+INFOTEXT_KEY = "parameters"      # A1111's PNG text chunk
+JSON_KEY = "sdwidgets"           # our full-fidelity chunk
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParamError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ParamError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParamError(f"{name} must be a number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ParamError(f"{name} must be {bounds}, got {value!r}")
+    return float(value)
+
+
+def load_image(value: Any, field_name: str):
+    """A PIL RGB image from a PIL image, numpy array or path; ParamError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if hasattr(value, "__array__") and not isinstance(value, (str, Path)):
+        import numpy as np
+
+        arr = np.asarray(value)
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if isinstance(value, (str, Path)):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ParamError(f"{field_name}: no such image file: {str(path)!r}")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ParamError(f"{field_name}: cannot read {str(path)!r} as an image ({exc})") from None
+    raise ParamError(f"{field_name} must be a PIL image, a numpy array or an image path, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationParams:
+    """Everything that determines a run. Construct it and it is validated."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 20
+    guidance_scale: float = 5.0
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
+    num_images: int = 1
+    model: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+    controls: tuple = ()                 # tuple[Control, ...]
+    init_image: Any = None               # PIL.Image after validation
+    strength: float | None = None
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        # 1. Text
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                raise ParamError(f"{name} must be a string, got {type(value).__name__}")
+            set_(name, value)
+        # 2. Numbers
+        if self.seed is not None:
+            set_("seed", _check_int("seed", self.seed, 0))
+            if self.seed >= 2**63:
+                raise ParamError(f"seed must be < 2**63, got {self.seed}")
+        set_("steps", _check_int("steps", self.steps, 1))
+        set_("guidance_scale", _check_number("guidance_scale", self.guidance_scale, 0.0))
+        set_("num_images", _check_int("num_images", self.num_images, 1))
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _check_int(name, value, 8)
+                if value % 8:
+                    raise ParamError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8} or {value // 8 * 8 + 8})")
+                set_(name, value)
+        # 3. Sampler
+        if self.scheduler is not None:
+            set_("scheduler", check_sampler(self.scheduler))
+        # 4. Model: a name or path; whether it exists is checked by models.resolve
+        if self.model is not None and not isinstance(self.model, (str, Path)):
+            raise ParamError(f"model must be a string (alias, folder, file or hub id), got {type(self.model).__name__}")
+        if self.model is not None:
+            set_("model", str(self.model))
+        # 5. LoRAs: {"name": strength} or pairs
+        set_("loras", self._normalise_loras(self.loras))
+        # 6. Controls
+        set_("controls", self._normalise_controls(self.controls))
+        # 7. img2img
+        if self.init_image is not None:
+            set_("init_image", load_image(self.init_image, "init_image"))
+            set_("strength", _check_number("strength", 0.75 if self.strength is None else self.strength, 0.0, 1.0))
+        elif self.strength is not None:
+            _check_number("strength", self.strength, 0.0, 1.0)
+            raise ParamError("strength only applies with init_image (image-to-image); pass init_image or drop strength")
+
+    @staticmethod
+    def _normalise_loras(loras) -> tuple[tuple[str, float], ...]:
+        if not loras:
+            return ()
+        items = loras.items() if isinstance(loras, dict) else loras
+        out = []
+        for item in items:
+            try:
+                name, strength = item
+            except (TypeError, ValueError):
+                raise ParamError(f"loras must be a dict {{name: strength}}, got {loras!r}") from None
+            if not isinstance(name, str) or not name:
+                raise ParamError(f"loras: names must be non-empty strings, got {name!r}")
+            out.append((name, _check_number(f"loras[{name!r}]", strength, -4.0, 4.0)))
+        return tuple(out)
+
+    @staticmethod
+    def _normalise_controls(controls) -> tuple:
+        from .controlnet import Control
+
+        if not controls:
+            return ()
+        if isinstance(controls, Control):
+            controls = [controls]
+        out = []
+        for c in controls:
+            if not isinstance(c, Control):
+                raise ParamError(f"controls must be a list of sdw.Control, got {type(c).__name__}")
+            out.append(c)
+        return tuple(out)
+
+    # ---- derived ------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        """Which pipeline family runs this: txt2img, img2img, controlnet, controlnet-img2img."""
+        if self.controls:
+            return "controlnet-img2img" if self.init_image is not None else "controlnet"
+        return "img2img" if self.init_image is not None else "txt2img"
+
+    def replace(self, **changes) -> "GenerationParams":
+        return dataclasses.replace(self, **changes)
+
+    # ---- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready dict. Images are referenced by sha256 (the log stores the files)."""
+        from .images import image_sha256
+
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "width": self.width,
+            "height": self.height,
+            "scheduler": self.scheduler,
+            "num_images": self.num_images,
+            "model": self.model,
+            "loras": dict(self.loras),
+            "controls": [c.to_dict() for c in self.controls],
+            "init_image_sha256": image_sha256(self.init_image) if self.init_image is not None else None,
+            "strength": self.strength,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, images: dict | None = None) -> "GenerationParams":
+        """Inverse of to_dict; `images` maps sha256 -> PIL image (or path) for init/control images."""
+        from .controlnet import Control
+
+        images = images or {}
+        data = dict(data)
+        init_sha = data.pop("init_image_sha256", None)
+        controls = [Control.from_dict(c, images) for c in data.pop("controls", [])]
+        init = None
+        if init_sha:
+            if init_sha not in images:
+                raise ParamError(f"init_image: image {init_sha[:12]} is not stored with this record")
+            init = images[init_sha]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}, controls=controls, init_image=init)
+
+    def infotext(self, *, sampler: str, width: int, height: int, model_name: str = "", model_hash: str = "") -> str:
+        """AUTOMATIC1111 'parameters' text: prompt, Negative prompt line, then key: value pairs."""
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        fields = {
+            "Steps": self.steps,
+            "Sampler": sampler,
+            "CFG scale": f"{self.guidance_scale:g}",
+            "Seed": self.seed,
+            "Size": f"{width}x{height}",
+            "Model hash": model_hash[:10] if model_hash else None,
+            "Model": model_name or None,
+            "Denoising strength": f"{self.strength:g}" if self.strength is not None else None,
+            "Lora weights": ", ".join(f"{n}: {s:g}" for n, s in self.loras) or None,
+        }
+        lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None))
+        return "\n".join(lines)
+
+    @classmethod
+    def from_infotext(cls, text: str) -> "GenerationParams":
+        """Parse A1111 'parameters' text (as written by A1111, Forge or us)."""
+        fields, prompt, negative = parse_infotext(text)
+        size = fields.get("Size", "")
+        width, height = (int(v) for v in size.split("x")) if "x" in size else (None, None)
+        sampler = fields.get("Sampler")
+        if sampler and fields.get("Schedule type") == "Karras" and "Karras" not in sampler:
+            sampler = f"{sampler} Karras"   # A1111 >= 1.9 writes the schedule separately
+        loras = {}
+        for part in filter(None, (p.strip() for p in fields.get("Lora weights", "").split(","))):
+            name, _, strength = part.rpartition(":")
+            loras[name.strip()] = float(strength)
+        return cls(
+            prompt=prompt,
+            negative_prompt=negative,
+            seed=int(fields["Seed"]) if "Seed" in fields else None,
+            steps=int(fields.get("Steps", 20)),
+            guidance_scale=float(fields.get("CFG scale", 5.0)),
+            width=width,
+            height=height,
+            scheduler=sampler if sampler in SAMPLER_NAMES else None,
+            model=fields.get("Model"),
+            loras=loras,
+        )
+
+    @classmethod
+    def from_png(cls, path) -> "GenerationParams":
+        """Read params back from one of our PNGs (JSON chunk) or any A1111-style PNG (infotext).
+
+        Init and control images are found next to the log (inputs/) when the PNG is ours.
+        """
+        from PIL import Image
+
+        path = Path(path)
+        with Image.open(path) as im:
+            text = dict(im.text) if hasattr(im, "text") else dict(im.info)
+        if JSON_KEY in text:
+            data = json.loads(text[JSON_KEY])["params"]
+            from .images import stored_inputs
+
+            return cls.from_dict(data, stored_inputs(path.parent.parent / "inputs"))
+        if INFOTEXT_KEY in text:
+            return cls.from_infotext(text[INFOTEXT_KEY])
+        raise ParamError(f"{path}: no generation parameters found (no '{INFOTEXT_KEY}' or '{JSON_KEY}' text chunk)")
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return json.dumps(text) if ("," in text or ":" in text) else text
+
+
+_FIELD_RE = re.compile(r'\s*([\w ][\w \-/]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> tuple[dict, str, str]:
+    """Split A1111 text into (fields, prompt, negative prompt)."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if len(lines) > 1 or "Steps:" in lines[-1] else ""
+    fields = {}
+    if "Steps:" in last:
+        lines = lines[:-1]
+        for key, value in _FIELD_RE.findall(last):
+            value = value.strip()
+            if value.startswith('"'):
+                value = json.loads(value)
+            fields[key.strip()] = value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return fields, "\n".join(prompt).strip(), "\n".join(negative).strip()
+

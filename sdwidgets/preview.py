@@ -1,0 +1,227 @@
+"""Step-by-step latent previews.
+
+A linear map from latent channels to RGB (ComfyUI/AUTOMATIC1111's "approx" preview)
+costs a few microseconds per step. `StepRecorder` is the diffusers
+`callback_on_step_end`; it keeps, for every k-th step, the preview of the predicted
+clean image (x0, captured from the scheduler's step output) and of the noisy latent.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Public factors (ComfyUI latent_formats.py); applied to model-space latents, output in [-1, 1].
+SD15_FACTORS = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
+                [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]]
+SDXL_FACTORS = [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068],
+                [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]]
+SDXL_BIAS = [0.1084, -0.0175, -0.0011]
+SD3_FACTORS = [
+    [-0.0922, -0.0175, 0.0749], [0.0311, 0.0633, 0.0954], [0.1994, 0.0927, 0.0458], [0.0856, 0.0339, 0.0902],
+    [0.0587, 0.0272, -0.0496], [-0.0006, 0.1104, 0.0309], [0.0978, 0.0306, 0.0427], [-0.0042, 0.1038, 0.1358],
+    [-0.0194, 0.0020, 0.0669], [-0.0488, 0.0130, -0.0268], [0.0922, 0.0988, 0.0951], [-0.0278, 0.0524, -0.0542],
+    [0.0332, 0.0456, 0.0895], [-0.0069, -0.0030, -0.0810], [-0.0596, -0.0465, -0.0293], [-0.1448, -0.1463, -0.1189],
+]
+SD3_BIAS = [0.2394, 0.2135, 0.1925]
+FACTORS_FILE = "preview_factors.json"
+
+
+@dataclass
+class LatentRGB:
+    """latent (C channels) -> RGB in [-1, 1]: rgb = latent @ factors + bias."""
+
+    factors: list      # C x 3
+    bias: list         # 3
+
+    def __post_init__(self):
+        self._cache = {}
+
+    def to_images(self, latents):
+        """[B, C, h, w] tensor -> list of PIL images at latent resolution."""
+        import torch
+        from PIL import Image
+
+        key = (latents.device, latents.dtype)
+        if key not in self._cache:
+            self._cache[key] = (torch.tensor(self.factors, device=latents.device, dtype=latents.dtype),
+                                torch.tensor(self.bias, device=latents.device, dtype=latents.dtype))
+        factors, bias = self._cache[key]
+        rgb = torch.einsum("bchw,cr->bhwr", latents, factors) + bias
+        pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return [Image.fromarray(p) for p in pixels]
+
+    def save(self, path):
+        Path(path).write_text(json.dumps({"factors": self.factors, "bias": self.bias}, indent=1))
+
+    @classmethod
+    def load(cls, path) -> "LatentRGB":
+        data = json.loads(Path(path).read_text())
+        return cls(data["factors"], data.get("bias", [0.0, 0.0, 0.0]))
+
+
+def factors_for(pipe, asset_dir: Path | None = None) -> LatentRGB:
+    """The preview map for a pipeline: shipped factors file, else the family's public factors,
+    else a fit on the pipeline's own VAE."""
+    for folder in (asset_dir, _folder_of(pipe)):
+        if folder is not None and (Path(folder) / FACTORS_FILE).is_file():
+            return LatentRGB.load(Path(folder) / FACTORS_FILE)
+    channels = pipe.vae.config.latent_channels
+    name = type(pipe).__name__
+    if channels == 16 and "3" in name:
+        return LatentRGB(SD3_FACTORS, SD3_BIAS)
+    if channels == 4 and "XL" in name:
+        return LatentRGB(SDXL_FACTORS, SDXL_BIAS)
+    if channels == 4 and pipe.vae.config.get("block_out_channels", [0])[-1] == 512:  # the SD1/2 VAE
+        return LatentRGB(SD15_FACTORS, [0.0, 0.0, 0.0])
+    return fit_latent_rgb(pipe.vae)
+
+
+def _folder_of(pipe):
+    path = getattr(pipe.config, "_name_or_path", None) or pipe.config.get("_name_or_path")
+    return Path(path) if path and Path(path).is_dir() else None
+
+
+def fit_latent_rgb(vae, images=None, n: int = 16, size: int = 64, seed: int = 0) -> LatentRGB:
+    """Least-squares fit of latent -> RGB on the VAE's own decodes.
+
+    Latents are encoded from `images` (PIL list) when given, else drawn at random;
+    each is decoded and the decode is area-averaged down to latent resolution, then
+    `[latent, 1] @ W ~= rgb` is solved for W.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    param = next(vae.parameters())
+    scale = vae.config.scaling_factor
+    shift = vae.config.get("shift_factor") or 0.0
+    with torch.no_grad():
+        if images is not None:
+            import numpy as np
+
+            x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
+            x = (x.to(param) / 127.5 - 1)
+            z = (vae.encode(x).latent_dist.mean - shift) * scale
+        else:
+            g = torch.Generator().manual_seed(seed)
+            f = 2 ** (len(vae.config.block_out_channels) - 1)
+            z = torch.randn(n, vae.config.latent_channels, size // f, size // f, generator=g).to(param)
+        decoded = vae.decode(z / scale + shift).sample.clamp(-1, 1)
+        target = F.adaptive_avg_pool2d(decoded.float(), z.shape[-2:])
+        a = torch.cat([z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]),
+                       torch.ones(z.numel() // z.shape[1], 1)], dim=1)
+        b = target.permute(0, 2, 3, 1).reshape(-1, 3)
+        w = torch.linalg.lstsq(a, b).solution
+    return LatentRGB(w[:-1].tolist(), w[-1].tolist())
+
+
+@dataclass
+class StepRecorder:
+    """`callback_on_step_end` that records previews and honours interrupts.
+
+    Every `every` steps it keeps the x0 preview (`frames`) and the noisy-latent
+    preview (`noisy_frames`), one image per step with the batch side by side, plus
+    the timestep and sigma of that step. `listeners` are called with the recorder
+    after each recorded step (live displays); they run on the generating thread.
+    """
+
+    latent_rgb: LatentRGB
+    total_steps: int
+    every: int = 1
+    keep: str = "both"                  # "x0" | "noisy" | "both" | "none"
+    decode_every: int | None = None     # exact VAE decode of x0 every k steps (slow)
+    stop_event: threading.Event | None = None
+    listeners: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
+    noisy_frames: list = field(default_factory=list)
+    decoded_frames: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
+    timesteps: list = field(default_factory=list)
+    sigmas: list = field(default_factory=list)
+    step_times: list = field(default_factory=list)
+    preview_seconds: float = 0.0
+    interrupted: bool = False
+
+    def __post_init__(self):
+        self._x0 = None
+        self._t_last = time.perf_counter()
+
+    def watch(self, scheduler):
+        """Wrap `scheduler.step` (a fresh per-run instance) to capture the predicted x0."""
+        step = scheduler.step
+
+        def step_and_capture(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self._x0 = _predicted_x0(scheduler, out)
+            return out
+
+        scheduler.step = step_and_capture
+        return scheduler
+
+    def __call__(self, pipe, i, t, callback_kwargs):
+        now = time.perf_counter()
+        self.step_times.append(now - self._t_last)
+        if self.stop_event is not None and self.stop_event.is_set():
+            pipe._interrupt = True     # diffusers skips the remaining steps
+            self.interrupted = True
+        step = i + 1
+        if self.keep != "none" and (step % self.every == 0 or step == self.total_steps):
+            self._record(pipe, step, t, callback_kwargs["latents"])
+        self._t_last = time.perf_counter()
+        return callback_kwargs
+
+    def _record(self, pipe, step, t, latents):
+        from .images import grid
+
+        t0 = time.perf_counter()
+        x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
+        if self.keep in ("x0", "both"):
+            self.frames.append(grid(self.latent_rgb.to_images(x0 if x0 is not None else latents), pad=0))
+        if self.keep in ("noisy", "both"):
+            self.noisy_frames.append(grid(self.latent_rgb.to_images(latents), pad=0))
+        self.steps.append(step)
+        self.timesteps.append(float(t))
+        sigmas = getattr(pipe.scheduler, "sigmas", None)
+        index = getattr(pipe.scheduler, "step_index", None)
+        self.sigmas.append(float(sigmas[index]) if sigmas is not None and index is not None and index < len(sigmas) else None)
+        self.preview_seconds += time.perf_counter() - t0
+        if self.decode_every and step % self.decode_every == 0 and x0 is not None:
+            self.decoded_frames[step] = decode_latents(pipe, x0)
+        for listener in list(self.listeners):
+            listener(self)
+
+    @property
+    def latest(self):
+        return (self.frames or self.noisy_frames or [None])[-1]
+
+
+def _predicted_x0(scheduler, out):
+    """x0 from a scheduler step: most return it; multistep solvers keep it in model_outputs."""
+    for name in ("pred_original_sample", "denoised"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    outputs = getattr(scheduler, "model_outputs", None)
+    predicts_x0 = scheduler.config.get("algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++") or \
+        scheduler.config.get("predict_x0", False)
+    if outputs and outputs[-1] is not None and predicts_x0:
+        return outputs[-1]
+    return None
+
+
+def decode_latents(pipe, latents):
+    """Exact previews: the VAE decode of model-space latents, as one PIL image (batch side by side)."""
+    import torch
+
+    from .images import grid
+
+    vae = pipe.vae
+    shift = vae.config.get("shift_factor") or 0.0
+    with torch.no_grad():
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from PIL import Image
+
+    return grid([Image.fromarray(p) for p in pixels], pad=0)

@@ -1,0 +1,390 @@
+"""Session: the one owner of models in a kernel. Loads once, generates, records.
+
+`generate()` reads as numbered steps, like a diffusers pipeline's __call__:
+validate (no model work), load or reuse, configure (scheduler, LoRAs, options),
+denoise with the StepRecorder, record in the log.
+"""
+from __future__ import annotations
+
+import gc
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .controlnet import HUB_CONTROLNETS, model_family
+from .errors import OutOfMemoryError, ParamError
+from .log import ExperimentLog
+from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info
+from .models import ModelRef, builtin_assets, dtype_kwargs, load_pipeline, resolve, weights_hash
+from .options import Options
+from .options import apply as apply_options
+from .params import GenerationParams
+from .preview import StepRecorder, factors_for
+from .run import Run
+from .schedulers import make_scheduler, sampler_name
+
+DEFAULT_LOG_DIR = "sd-runs"
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded once, and the pipelines built on its components."""
+
+    ref: ModelRef
+    pipe: object                                    # text-to-image pipeline
+    original_scheduler: object                      # the model's own, pristine
+    weights_hash: str
+    latent_rgb: object
+    variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
+    controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
+    loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        size = denoiser.config.sample_size
+        size = size if isinstance(size, (list, tuple)) else (size, size)
+        f = self.pipe.vae_scale_factor
+        return int(size[1] * f), int(size[0] * f)
+
+
+class Session:
+    """One pipeline cache, one experiment log, one place that runs diffusion."""
+
+    def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
+                 allow_unsafe: bool = False, **options):
+        self.options = Options().update(**options)
+        self.default_model = model
+        self.allow_unsafe = allow_unsafe
+        self.log = ExperimentLog(log_dir, session=self)
+        self._device, self._dtype = device, dtype
+        self._models: dict[str, LoadedModel] = {}
+        self._loras: dict[str, LoraInfo] = {}
+        self._controlnet_sources: dict[tuple[str, str], str] = {}
+        self._run_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.loads = 0              # models read from disk: a knob change must never raise this
+        self.running = False
+
+    # ---- device -----------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch
+
+            self._device = "cuda" if torch.cuda.is_available() else \
+                "mps" if torch.backends.mps.is_available() else "cpu"
+        return self._device
+
+    @property
+    def dtype(self):
+        import torch
+
+        if self._dtype is None:
+            self._dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        elif isinstance(self._dtype, str):
+            self._dtype = getattr(torch, self._dtype)
+        return self._dtype
+
+    # ---- models -----------------------------------------------------------------------------
+    def resolve(self, model: str | None = None) -> ModelRef:
+        return resolve(model if model is not None else self.default_model, allow_unsafe=self.allow_unsafe)
+
+    def pipeline(self, model: str | None = None):
+        """The loaded text-to-image diffusers pipeline (loads it on first use)."""
+        return self._load(self.resolve(model)).pipe
+
+    def _load(self, ref: ModelRef) -> LoadedModel:
+        if ref.key in self._models:
+            return self._models[ref.key]
+        pipe = load_pipeline(ref, torch_dtype=self.dtype, safety_checker=self.options.safety_checker)
+        self.loads += 1
+        pipe.set_progress_bar_config(disable=not self.options.progress, leave=False)
+        if self.options.cpu_offload is None:
+            pipe.to(self.device)
+        apply_options(pipe, self.options, self.device)
+        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref, pipe), factors_for(pipe, builtin_assets(ref)))
+        self._models[ref.key] = loaded
+        return loaded
+
+    def unload(self, model: str | None = None) -> bool:
+        """Free a loaded model (all its pipelines). Returns whether anything was loaded."""
+        loaded = self._models.pop(self.resolve(model).key, None)
+        del loaded
+        gc.collect()
+        if self._device and self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        return True
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return [m.ref.name for m in self._models.values()]
+
+    def set_options(self, **changes) -> Options:
+        """Change memory/speed options; applied to every loaded pipeline, never reloading weights."""
+        self.options = self.options.update(**changes)
+        for loaded in self._models.values():
+            if "safety_checker" in changes and not self.options.safety_checker:
+                loaded.pipe.safety_checker = None
+            for pipe in [loaded.pipe, *loaded.variants.values()]:
+                apply_options(pipe, self.options, self.device)
+                pipe.set_progress_bar_config(disable=not self.options.progress, leave=False)
+        return self.options
+
+    # ---- LoRA and ControlNet sources ---------------------------------------------------------
+    def load_lora(self, path, name: str | None = None) -> LoraInfo:
+        """Register a LoRA file under `name`; use it with loras={name: strength}.
+
+        It is loaded into a model the first time a run asks for it, once; strengths change per run.
+        """
+        info = lora_info(path, name, allow_unsafe=self.allow_unsafe)
+        old = self._loras.get(info.name)
+        if old is not None and old.path != info.path:
+            for loaded in self._models.values():   # same name, new file: replace the adapter
+                if info.name in loaded.loras:
+                    loaded.pipe.delete_adapters(info.name)
+                    loaded.loras.discard(info.name)
+        self._loras[info.name] = info
+        return info
+
+    def loras(self, model: str | None = None) -> dict[str, LoraInfo]:
+        """LoRAs usable with `model`: the model's bundled ones and those loaded with load_lora."""
+        return self._known_loras(self.resolve(model))
+
+    def _known_loras(self, ref: ModelRef) -> dict[str, LoraInfo]:
+        return {**bundled_loras(builtin_assets(ref)), **self._loras}
+
+    def register_controlnet(self, kind: str, source: str, model: str | None = None) -> None:
+        """Use ControlNet `source` (folder or hub id) for controls of `kind` with `model`."""
+        self._controlnet_sources[(self.resolve(model).key, kind)] = source
+
+    def _controlnet_source(self, ref: ModelRef, kind: str, pipe=None) -> str | None:
+        if (ref.key, kind) in self._controlnet_sources:
+            return self._controlnet_sources[(ref.key, kind)]
+        assets = builtin_assets(ref)
+        if assets is not None:
+            folder = assets / f"controlnet-{kind}"
+            return str(folder) if folder.is_dir() else None
+        return HUB_CONTROLNETS.get((model_family(pipe), kind)) if pipe is not None else "hub"
+
+    # ---- running ---------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Stop the current run after the step in progress (thread-safe)."""
+        self._stop.set()
+
+    def generate(self, prompt: str | None = None, *, params: GenerationParams | None = None, tags: dict | None = None,
+                 on_step=None, preview: str = "both", preview_every: int = 1, decode_every: int | None = None,
+                 **kwargs) -> Run:
+        """Generate images; see GenerationParams for the arguments. Returns the Run (also logged).
+
+        on_step(recorder) is called after each recorded step, on the generating thread.
+        """
+        # 1. Validate everything before any model work
+        if params is None:
+            params = GenerationParams(prompt=prompt if prompt is not None else "", **kwargs)
+        elif prompt is not None or kwargs:
+            params = params.replace(**({"prompt": prompt} if prompt is not None else {}), **kwargs)
+        if preview not in ("both", "x0", "noisy", "none"):
+            raise ParamError(f"preview must be one of both, x0, noisy, none; got {preview!r}")
+        if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
+            raise ParamError(f"preview_every must be a positive integer, got {preview_every!r}")
+        ref = self.resolve(params.model)
+        self._check_loras(ref, params)
+        self._check_controls(ref, params)
+        # record what actually runs: the drawn seed and the resolved model
+        params = params.replace(seed=params.seed if params.seed is not None else secrets.randbelow(2**32),
+                                model=ref.name if ref.kind in ("builtin", "hub") else ref.location)
+
+        with self._run_lock:
+            self._stop.clear()
+            self.running = True
+            try:
+                return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every)
+            finally:
+                self.running = False
+
+    def _check_loras(self, ref: ModelRef, params: GenerationParams) -> None:
+        known = self._known_loras(ref) if params.loras else {}
+        for name, _ in params.loras:
+            if name not in known:
+                raise ParamError(f"loras: unknown LoRA {name!r}; known: {', '.join(known) or 'none'} "
+                                 "(add one with session.load_lora(path, name))")
+
+    def _check_controls(self, ref: ModelRef, params: GenerationParams) -> None:
+        for control in params.controls:
+            if self._controlnet_source(ref, control.kind) is None:
+                raise ParamError(f"controls: no {control.kind!r} ControlNet for model {ref.name!r}; "
+                                 "register one with session.register_controlnet(kind, folder_or_hub_id)")
+
+    def _generate(self, ref, params, tags, on_step, preview, preview_every, decode_every) -> Run:
+        import torch
+
+        # 2. Load (once) and pick the pipeline that shares the loaded components
+        loaded = self._load(ref)
+        pipe = self._variant(loaded, params)
+        width, height = (params.width or loaded.native_size[0]), (params.height or loaded.native_size[1])
+        factor = loaded.pipe.vae_scale_factor
+        if width % factor or height % factor:
+            raise ParamError(f"width/height must be multiples of {factor} for this model, got {width}x{height}")
+        # 3. Configure: a fresh scheduler, LoRA strengths, options (none of these reload weights)
+        recorder = StepRecorder(loaded.latent_rgb, params.steps, every=preview_every, keep=preview,
+                                decode_every=decode_every, stop_event=self._stop,
+                                listeners=[on_step] if on_step else [])
+        pipe.scheduler = recorder.watch(make_scheduler(params.scheduler, loaded.original_scheduler))
+        self._load_loras(loaded, params)
+        apply_strengths(pipe, loaded.loras, params.loras)
+        apply_options(pipe, self.options, self.device)
+        call = self._call_arguments(pipe, params, width, height)
+        run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(pipe.scheduler), model_name=ref.name,
+                  pipeline_class=type(pipe).__name__, tags=dict(tags))
+        # 4. Denoise
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        error = None
+        try:
+            out = pipe(**call, callback_on_step_end=recorder)
+            run.images = list(out.images)
+            run.nsfw = getattr(out, "nsfw_content_detected", None)
+            run.status = "interrupted" if recorder.interrupted else "ok"
+        except KeyboardInterrupt:
+            run.status = "interrupted"
+        except torch.OutOfMemoryError:
+            run.status, run.error = "failed", "out of memory"
+            error = OutOfMemoryError(f"Out of memory on {self.device} at {width}x{height} x{params.num_images}; "
+                                     + self.options.oom_advice(width, height, params.num_images))
+        except Exception as exc:  # logged as failed, then re-raised unchanged
+            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            error = exc
+        finally:
+            run.duration_s = time.perf_counter() - start
+            self._stop.clear()
+        for name in ("frames", "noisy_frames", "decoded_frames", "steps", "timesteps", "sigmas", "step_times",
+                     "preview_seconds"):
+            setattr(run, name, getattr(recorder, name))
+        # 5. Record
+        self.log.add(run, self._context(loaded, pipe, run, width, height))
+        if error is not None:
+            self._free_after_error()
+            if isinstance(error, OutOfMemoryError):
+                raise error from None
+            raise error
+        return run
+
+    def _variant(self, loaded: LoadedModel, params: GenerationParams):
+        """txt2img is the loaded pipe; img2img/ControlNet pipes reuse its components (from_pipe)."""
+        import diffusers
+
+        if params.task == "txt2img":
+            return loaded.pipe
+        kinds = tuple(c.kind for c in params.controls)
+        key = (params.task, kinds)
+        if key not in loaded.variants:
+            extra = {}
+            if kinds:
+                nets = [self._controlnet(loaded, k) for k in kinds]
+                extra["controlnet"] = nets[0] if len(nets) == 1 else nets
+            auto = diffusers.AutoPipelineForImage2Image if params.init_image is not None else diffusers.AutoPipelineForText2Image
+            variant = auto.from_pipe(loaded.pipe, **extra)
+            variant.set_progress_bar_config(disable=not self.options.progress, leave=False)
+            loaded.variants[key] = variant
+        return loaded.variants[key]
+
+    def _controlnet(self, loaded: LoadedModel, kind: str):
+        if kind not in loaded.controlnets:
+            import diffusers
+
+            source = self._controlnet_source(loaded.ref, kind, loaded.pipe)
+            if source is None:
+                raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r}")
+            net = diffusers.ControlNetModel.from_pretrained(source, **dtype_kwargs(self.dtype))
+            loaded.controlnets[kind] = net.to(self.device) if self.options.cpu_offload is None else net
+        return loaded.controlnets[kind]
+
+    def _load_loras(self, loaded: LoadedModel, params: GenerationParams) -> None:
+        known = self._known_loras(loaded.ref)
+        for name, _ in params.loras:
+            if name not in loaded.loras:
+                loaded.pipe.load_lora_weights(str(known[name].path), adapter_name=name)
+                loaded.loras.add(name)
+
+    @staticmethod
+    def _call_arguments(pipe, params: GenerationParams, width: int, height: int) -> dict:
+        import torch
+
+        call = dict(prompt=params.prompt, negative_prompt=params.negative_prompt or None,
+                    num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
+                    num_images_per_prompt=params.num_images, output_type="pil",
+                    # one CPU generator per image: image i is reproducible alone with seed + i
+                    generator=[torch.Generator("cpu").manual_seed(params.seed + i) for i in range(params.num_images)])
+        controls = [c.preview((width, height)) for c in params.controls]
+        if params.init_image is not None:
+            call.update(image=params.init_image.resize((width, height)), strength=params.strength)
+            if controls:
+                call["control_image"] = controls[0] if len(controls) == 1 else controls
+        else:
+            call.update(width=width, height=height)
+            if controls:
+                call["image"] = controls[0] if len(controls) == 1 else controls
+        if controls:
+            pick = (lambda values: values[0]) if len(controls) == 1 else list
+            call.update(controlnet_conditioning_scale=pick([c.scale for c in params.controls]),
+                        control_guidance_start=pick([c.start for c in params.controls]),
+                        control_guidance_end=pick([c.end for c in params.controls]))
+        return call
+
+    def _context(self, loaded: LoadedModel, pipe, run: Run, width: int, height: int) -> dict:
+        import diffusers
+        import torch
+
+        if self.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # process peak RSS (KiB on Linux)
+        return {"model": loaded.ref.name, "model_hash": loaded.weights_hash, "scheduler": run.sampler,
+                "width": width, "height": height, "peak_memory_mb": round(peak, 1), "device": self.device,
+                "dtype": str(self.dtype).replace("torch.", ""), "torch_version": torch.__version__,
+                "diffusers_version": diffusers.__version__,
+                "safety_checker": getattr(pipe, "safety_checker", None) is not None and run.nsfw is not None}
+
+    def _free_after_error(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def __repr__(self) -> str:
+        return (f"Session(log_dir={str(self.log.dir)!r}, device={self._device or 'auto'!r}, "
+                f"models={self.loaded_models}, runs={len(self.log)})")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+_default: Session | None = None
+_default_lock = threading.Lock()
+
+
+def session(**kwargs) -> Session:
+    """The kernel's default Session (created on first use; kwargs apply only then)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Session(**kwargs)
+        return _default
+
+
+def set_session(value: Session | None) -> Session | None:
+    """Replace the default Session (e.g. another log_dir); returns the previous one."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, value
+        return previous
+

@@ -1,0 +1,56 @@
+"""A tiny random Stable Diffusion pipeline built from configs (as diffusers' own tests do).
+
+Used where a test needs a second model or a model without the shipped assets;
+everything else runs on the embedded `shapes` model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _tokenizer_files(folder: Path) -> None:
+    """A CLIP BPE vocabulary of single characters plus a few whole words (no download)."""
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!")
+    words = ["a", "red", "blue", "circle", "square", "on", "background"]
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    merges = []
+    for w in words:
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            if pieces[0] not in vocab:
+                vocab.append(pieces[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+
+
+def build_tiny_pipeline(folder, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    _tokenizer_files(folder / "_tok")
+    tokenizer = CLIPTokenizer(str(folder / "_tok" / "vocab.json"), str(folder / "_tok" / "merges.txt"),
+                              model_max_length=16, pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                norm_num_groups=4, attention_head_dim=4)
+    vae = AutoencoderKL(block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        norm_num_groups=4, sample_size=64)
+    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16,
+                                                intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                                vocab_size=len(tokenizer), max_position_embeddings=16))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder / "model")
+    return folder / "model"
