@@ -1,0 +1,37 @@
+"""Shared fixtures: real pipelines, real files. Nothing here downloads."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import sdwidgets as sdw  # noqa: E402
+from sdwidgets.models import BUILTIN_MODELS  # noqa: E402
+
+EMBEDDED_READY = (BUILTIN_MODELS["shapes"] / "model_index.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Folder of a tiny random SD pipeline built from configs (a second, independent model)."""
+    from tiny_model import build_tiny_pipeline
+
+    return str(build_tiny_pipeline(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def model(tiny_model) -> str:
+    """The model most tests run on: the embedded `shapes` model (the tiny one until it ships)."""
+    return "shapes" if EMBEDDED_READY else tiny_model
+
+
+@pytest.fixture
+def session(tmp_path, model):
+    """A fresh Session with its own log folder; it becomes the default session for the test."""
+    s = sdw.Session(log_dir=tmp_path / "runs", model=model, progress=False)
+    previous = sdw.set_session(s)
+    yield s
+    sdw.set_session(previous)
