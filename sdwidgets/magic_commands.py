@@ -1,0 +1,339 @@
+"""The `%sd` subcommands: one small function each, behind the COMMANDS dispatch dict.
+
+Each takes (magic, args) and returns what the notebook should show as Out (or None after
+printing). User mistakes raise ParamError; the magic turns them into one-line UsageErrors.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ParamError
+
+
+@dataclass(frozen=True)
+class Command:
+    fn: Callable
+    usage: str
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, usage: str):
+    def register(fn):
+        COMMANDS[name] = Command(fn, usage, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return register
+
+
+def dispatch(magic, words: list[str]):
+    if not words:
+        return cmd_help(magic, [])
+    name, args = words[0], words[1:]
+    if name not in COMMANDS:
+        raise ParamError(f"unknown command {name!r}; commands: {', '.join(COMMANDS)} "
+                         "(generate with the %%sd cell magic)")
+    return COMMANDS[name].fn(magic, args)
+
+
+def _arity(name: str, args: list, lo: int, hi: int | None) -> None:
+    if len(args) < lo or (hi is not None and len(args) > hi):
+        raise ParamError(f"usage: %sd {COMMANDS[name].usage}")
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _assignments(name: str, args: list[str]) -> dict:
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ParamError(f"expected NAME=VALUE, got {arg!r}; usage: %sd {COMMANDS[name].usage}")
+        out[key.strip()] = value
+    return out
+
+
+def resolve_run_id(log, text: str) -> str:
+    """An exact run id, `last`, or a unique prefix/suffix of one."""
+    ids = list(dict.fromkeys(log.df["run_id"]))
+    if not ids:
+        raise ParamError(f"the log {log.dir} is empty: generate something with %%sd first")
+    if text == "last":
+        return ids[-1]
+    if text in ids:
+        return text
+    matches = [i for i in ids if i.startswith(text) or i.endswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    hint = f"{len(matches)} runs match" if matches else "no such run"
+    raise ParamError(f"run id {text!r}: {hint}; latest: {', '.join(ids[-3:])} (or `last`)")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+@command("help", "help [COMMAND]")
+def cmd_help(magic, args):
+    """This help; `%sd help COMMAND` for one command, `%%sd --help` for the generation options."""
+    from .magics import PARSER
+
+    if args:
+        name = args[0].lstrip("%")
+        if name == "sd":
+            print(PARSER.format_help())
+            return None
+        if name not in COMMANDS:
+            raise ParamError(f"no command {name!r}; commands: {', '.join(COMMANDS)}")
+        cmd = COMMANDS[name]
+        print(f"%sd {cmd.usage}\n\n{(cmd.fn.__doc__ or '').strip()}")
+        return None
+    width = max(len(c.usage) for c in COMMANDS.values())
+    lines = ["%%sd [options]  (cell magic: the cell is the prompt; %%sd --help lists the options)", ""]
+    lines += [f"%sd {c.usage.ljust(width)}  {c.summary}" for c in COMMANDS.values()]
+    lines += ["", "Settings: %sd config, or %config SDMagic.<name> = value"]
+    print("\n".join(lines))
+    return None
+
+
+@command("model", "model [ID_OR_PATH]")
+def cmd_model(magic, args):
+    """Show the default model, or set it (a builtin alias, diffusers folder, .safetensors file or hub id).
+
+    Setting it only checks the name; the model loads with the next generation.
+    """
+    _arity("model", args, 0, 1)
+    session = magic.session
+    if args:
+        ref = session.resolve(args[0])          # ModelNotFoundError -> usage error
+        session.default_model = args[0]
+        if magic.model is not None:
+            magic.model = None                   # the magic follows the session's default again
+    try:
+        ref = session.resolve(magic.model)
+        line = f"default model: {ref.name} ({ref.kind}: {ref.location})"
+    except ParamError as exc:
+        line = f"default model: {session.default_model or 'the builtin default'} — {exc}"
+    if magic.model is not None:
+        line += "  [set by SDMagic.model]"
+    print(line + f"\nloaded: {', '.join(session.loaded_models) or 'none'}")
+    return None
+
+
+@command("config", "config [NAME=VALUE ...]")
+def cmd_config(magic, args):
+    """Show the magic's settings and the session's options, or set them (NAME=VALUE).
+
+    Magic settings also work with `%config SDMagic.NAME = VALUE`; session options
+    (attention_slicing, vae_slicing, vae_tiling, cpu_offload, ...) apply without reloading.
+    """
+    from traitlets import TraitError
+
+    session = magic.session
+    traits = magic.class_traits(config=True)
+    options = session.options.as_dict()
+    changes = _assignments("config", args)
+    for key, text in changes.items():
+        value = _literal(text)
+        if key in traits:
+            try:
+                setattr(magic, key, value)
+            except TraitError as exc:
+                raise ParamError(f"config: SDMagic.{key}: {exc}") from None
+        elif key in options:
+            session.set_options(**{key: value})
+        else:
+            raise ParamError(f"config: unknown setting {key!r}; magic: {', '.join(sorted(traits))}; "
+                             f"session: {', '.join(options)}")
+    if changes:
+        return None
+    lines = ["SDMagic (%config SDMagic.NAME = VALUE):"]
+    lines += [f"  {name:<17}= {getattr(magic, name)!r:<10}  {trait.help}" for name, trait in sorted(traits.items())]
+    lines += [f"session: {session!r}", "session options: "
+              + ", ".join(f"{k}={v!r}" for k, v in session.options.as_dict().items())]
+    print("\n".join(lines))
+    return None
+
+
+@command("log", "log [N]")
+def cmd_log(magic, args):
+    """The last N rows of the experiment log (default 10) as a DataFrame, one row per image."""
+    _arity("log", args, 0, 1)
+    try:
+        n = int(args[0]) if args else 10
+    except ValueError:
+        raise ParamError(f"log: N must be an integer, got {args[0]!r}") from None
+    if n < 1:
+        raise ParamError(f"log: N must be >= 1, got {n}")
+    return magic.session.log.last(n)
+
+
+def run_from_log(log, run_id: str):
+    """A Run rebuilt from the log (images from disk), for display."""
+    from .run import Run
+
+    rows = log.records(run_id)
+    first = rows[0]
+    return Run(run_id=run_id, params=log.params(run_id), images=log.images(run_id), status=first["status"],
+               duration_s=first["duration_s"] or 0.0, sampler=first["scheduler"] or "", model_name=first["model"] or "",
+               pipeline_class=first["pipeline"] or "", error=first["error"], tags={"source": first["source"]})
+
+
+@command("show", "show RUN_ID")
+def cmd_show(magic, args):
+    """Show a logged run's images and caption (RUN_ID may be `last` or a unique prefix/suffix)."""
+    _arity("show", args, 1, 1)
+    log = magic.session.log
+    return run_from_log(log, resolve_run_id(log, args[0]))
+
+
+@command("rerun", "rerun RUN_ID [NAME=VALUE ...]")
+def cmd_rerun(magic, args):
+    """Generate a logged run again: same parameters, same seed, same image.
+
+    NAME=VALUE changes one thing: a {variable} of the run's prompt template (the prompt is
+    expanded again), or seed, steps, cfg, sampler, size, strength, negative.
+    """
+    from .magics import Plan, expand
+    from .params import parse_infotext
+    from .sweep import ALIASES, PARAMS
+
+    _arity("rerun", args, 1, None)
+    log = magic.session.log
+    run_id = resolve_run_id(log, args[0])
+    record = log.records(run_id)[0]
+    params = log.params(run_id)
+    template = record.get("prompt_template")
+    values = json.loads(record["template_values"]) if record.get("template_values") else {}
+    tags = {"source": "rerun", "rerun_of": run_id}
+    changes, new_values = {}, {}
+    for key, text in _assignments("rerun", args[1:]).items():
+        name = ALIASES.get(key, key)
+        if template and key in values:
+            new_values[key] = _literal(text)
+        elif name in PARAMS:
+            parse, target = PARAMS[name]
+            value = parse(text)
+            changes.update(zip(target, value) if isinstance(target, tuple) else [(target, value)])
+        else:
+            variables = f"; template variables: {', '.join(values)}" if values else ""
+            raise ParamError(f"rerun: cannot change {key!r}; parameters: {', '.join(PARAMS)}{variables}")
+    if template:
+        tags["template"] = template
+        if values:
+            tags["values"] = values
+        if new_values:
+            namespace = {**magic.shell.user_ns, **{k: v for k, v in values.items() if k.isidentifier()}, **new_values}
+            text, tags["values"] = expand(template, namespace)
+            _, prompt, negative = parse_infotext(text)
+            changes.update(prompt=prompt, negative_prompt=negative or params.negative_prompt)
+    params = params.replace(**changes)
+    magic.execute(Plan([params], [tags], [""], [], preview=magic.preview, every=magic.preview_every))
+    return None
+
+
+@command("compare", "compare RUN_ID RUN_ID [...]")
+def cmd_compare(magic, args):
+    """Runs side by side with the parameters that differ highlighted."""
+    _arity("compare", args, 2, None)
+    log = magic.session.log
+    return log.compare([resolve_run_id(log, a) for a in args])
+
+
+@command("loras", "loras")
+def cmd_loras(magic, args):
+    """The LoRAs usable with the default model (bundled and loaded), as a DataFrame."""
+    import pandas as pd
+
+    _arity("loras", args, 0, 0)
+    known = magic.session.loras(magic.model)
+    if not known:
+        print("no LoRAs yet: add one with %sd lora load PATH [NAME]")
+        return None
+    return pd.DataFrame([{"name": i.name, "path": str(i.path), "trigger_words": ", ".join(map(str, i.trigger_words))}
+                         for i in known.values()]).set_index("name")
+
+
+@command("lora", "lora load PATH [NAME]")
+def cmd_lora(magic, args):
+    """Register a LoRA file under NAME (default: the file name); use it with --lora NAME:STRENGTH."""
+    if not args or args[0] != "load":
+        raise ParamError(f"usage: %sd {COMMANDS['lora'].usage}")
+    _arity("lora", args, 2, 3)
+    info = magic.session.load_lora(args[1], args[2] if len(args) > 2 else None)
+    words = f" (trigger words: {', '.join(map(str, info.trigger_words))})" if info.trigger_words else ""
+    print(f"LoRA {info.name!r} from {info.path}{words}; use it with --lora {info.name}:0.8")
+    return None
+
+
+@command("controls", "controls")
+def cmd_controls(magic, args):
+    """ControlNet kinds for --control KIND:IMAGE[:SCALE], and where each one's ControlNet comes from."""
+    import pandas as pd
+
+    from .controlnet import PREPROCESSORS
+
+    _arity("controls", args, 0, 0)
+    session = magic.session
+    try:
+        ref = session.resolve(magic.model)
+    except ParamError:
+        ref = None
+    rows = []
+    for kind, (detector, needs_weights, options) in PREPROCESSORS.items():
+        # Session._controlnet_source is the one place that knows (registered, bundled, hub)
+        source = session._controlnet_source(ref, kind) if ref is not None else None
+        rows.append({"kind": kind, "controlnet": "hub (downloads on first use)" if source == "hub" else source or "none",
+                     "preprocessor": detector + (" (downloads annotator weights)" if needs_weights else ""),
+                     "options": ", ".join(f"{k}={v}" for k, v in options.items())})
+    return pd.DataFrame(rows).set_index("kind")
+
+
+@command("unload", "unload [MODEL]")
+def cmd_unload(magic, args):
+    """Free a loaded model (default: the default model) and its pipelines."""
+    _arity("unload", args, 0, 1)
+    session = magic.session
+    model = args[0] if args else magic.model
+    name = session.resolve(model).name
+    was_loaded = name in session.loaded_models
+    session.unload(model)
+    print(f"unloaded {name}" if was_loaded else f"{name} was not loaded")
+    return None
+
+
+@command("dashboard", "dashboard")
+def cmd_dashboard(magic, args):
+    """Open the widget dashboard on this session."""
+    from IPython.display import display
+
+    _arity("dashboard", args, 0, 0)
+    try:
+        from .widgets.dashboard import Dashboard
+    except ImportError as exc:
+        if not (exc.name or "").startswith("sdwidgets.widgets"):
+            raise
+        raise ParamError("the widget dashboard is not available in this version yet; use %%sd meanwhile") from None
+    display(Dashboard(session=magic.session))
+    return None
+
+
+@command("interrupt", "interrupt")
+def cmd_interrupt(magic, args):
+    """Stop the running generation after its current step (it is logged as interrupted)."""
+    _arity("interrupt", args, 0, 0)
+    session = magic.session
+    if not session.running:
+        print("nothing is running")
+        return None
+    session.interrupt()
+    print("interrupt requested: the run stops after the current step")
+    return None

@@ -1,0 +1,611 @@
+"""`%%sd` (the cell is the prompt) and `%sd` (subcommands): a thin skin over the Session.
+
+    %load_ext sdwidgets
+    %%sd --seed 1 --steps 20 --sweep cfg=3,5,7
+    a {color} circle on a blue background
+    Negative prompt: blurry
+
+The magic parses, expands `{name}` from the notebook namespace, validates everything
+(no model work, nothing logged on bad input), calls `Session.generate`, and displays
+the Run. Settings are traitlets on `SDMagic`, so `%config SDMagic.steps = 8` works.
+No torch or diffusers at import: they load with the first generation.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import json
+import secrets
+import shlex
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.display import display
+from IPython.utils.text import FullEvalFormatter
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
+
+from .errors import ParamError, SDWidgetsError
+from .sweep import Axis, SweepResult, cells, parse_axes, parse_size
+
+# ---- {name} expansion -----------------------------------------------------------------------
+
+
+class _RecordingFormatter(FullEvalFormatter):
+    """IPython's FullEvalFormatter (what `var_expand` builds on) that also records each field's value.
+
+    We call it directly instead of `shell.var_expand`, which returns the text unchanged on any
+    error (a missing variable would silently reach the model) and also expands `$name`.
+    """
+
+    def __init__(self):
+        self.values: dict = {}
+        self._field = None
+
+    def parse(self, format_string):
+        for literal, name, spec, conversion in super().parse(format_string):
+            self._field = f"{name}:{spec}" if spec else name
+            yield literal, name, spec, conversion
+
+    def convert_field(self, value, conversion):
+        self.values[self._field] = value
+        return super().convert_field(value, conversion)
+
+
+def template_fields(text: str) -> dict[str, set[str]]:
+    """`{expr}` fields of a template -> the free variable names each one reads."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ParamError(f"prompt: {exc}; write {{{{ and }}}} for literal braces") from None
+    fields = {}
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        expr = f"{name}:{spec}" if spec else name
+        if not name.strip():
+            raise ParamError("prompt: empty {} field; write {{}} for literal braces")
+        try:
+            tree = ast.parse(expr.strip(), mode="eval")
+        except SyntaxError:
+            raise ParamError(f"prompt: {{{expr}}} is not a Python expression; write {{{{ and }}}} for literal braces") from None
+        bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        fields[expr] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+    return fields
+
+
+def expand(text: str, namespace: dict, where: str = "prompt") -> tuple[str, dict]:
+    """Replace `{expr}` from `namespace` (`{{` stays literal). Returns (text, {field: value}).
+
+    A name that is not defined is a ParamError naming it, never silently left in the prompt.
+    """
+    import builtins
+
+    fields = template_fields(text)
+    if not fields:
+        return text.replace("{{", "{").replace("}}", "}"), {}
+    for expr, names in fields.items():
+        missing = sorted(n for n in names if n not in namespace and not hasattr(builtins, n))
+        if missing:
+            raise ParamError(f"{where}: {{{expr}}} uses {', '.join(map(repr, missing))}, not defined in the notebook; "
+                             f"define it first, or write {{{{{expr}}}}} for literal braces")
+    formatter = _RecordingFormatter()
+    try:
+        result = formatter.vformat(text, args=[], kwargs=dict(namespace))
+    except Exception as exc:  # an expression that fails: show the user's error, briefly
+        raise ParamError(f"{where}: expanding {{{formatter._field}}} failed: {type(exc).__name__}: {exc}") from None
+    return result, {k: _jsonable(v) for k, v in formatter.values.items()}
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ---- the %%sd option line ---------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ParamError(message)
+
+
+def _typed(parse, accepted: str):
+    def convert(text):
+        try:
+            return parse(text)
+        except (ParamError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}") from None
+    convert.__name__ = accepted
+    return convert
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative(text):
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _sampler(text):
+    from .schedulers import check_sampler
+
+    try:
+        return check_sampler(text)
+    except ParamError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("scheduler: ")) from None
+
+
+def _size(text):
+    try:
+        return parse_size(text)
+    except ParamError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("size: ")) from None
+
+
+def _identifier(text):
+    if not text.isidentifier():
+        raise ValueError(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="%%sd", add_help=False, allow_abbrev=False,
+                description="Generate images; the cell body is the prompt (a 'Negative prompt:' line sets the "
+                            "negative prompt; {name} is replaced from the notebook).")
+    add = p.add_argument
+    add("--seed", type=_typed(int, "an integer (-1: random)"), help="seed of the first image (image i uses seed+i)")
+    add("--steps", type=_typed(_positive, "a positive integer"), help="denoising steps")
+    add("--cfg", "--guidance-scale", dest="cfg", type=_typed(_non_negative, "a number >= 0"),
+        help="classifier-free guidance scale")
+    add("--size", type=_size, metavar="WxH", help="image size in pixels, multiples of 8 (default: the model's)")
+    add("--sampler", type=_sampler, help='A1111 sampler name, quoted: "Euler a", "DPM++ 2M Karras", ...')
+    add("-n", "--num-images", dest="num_images", type=_typed(_positive, "a positive integer"), help="images per run")
+    add("--model", help="builtin alias, diffusers folder, .safetensors file or hub id")
+    add("--negative", help="negative prompt (overrides a 'Negative prompt:' line)")
+    add("--lora", action="append", default=[], metavar="NAME[:STRENGTH]", help="use a LoRA (repeatable)")
+    add("--control", action="append", default=[], metavar="KIND:IMAGE[:SCALE]",
+        help="ControlNet condition; IMAGE is a path or a variable name (repeatable)")
+    add("--init", metavar="IMAGE", help="init image (image-to-image): a path or a variable name")
+    add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
+    add("-o", "--out", type=_typed(_identifier, "a Python identifier"), help="store the Run (a sweep: its list of runs) under this name")
+    add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")
+    add("--every", type=_typed(_positive, "a positive integer"), help="record a preview every k steps")
+    add("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+        help="run once per value; one sweep makes a row, two a grid (seed=1..8, cfg=3,5,7, "
+             'sampler="Euler a","DDIM", lora:NAME=0,0.5,1, or a {variable} of the prompt)')
+    add("-h", "--help", action="store_true", help="show this help")
+    return p
+
+
+PARSER = build_parser()
+OPTIONS = sorted({s for a in PARSER._actions for s in a.option_strings if s.startswith("--")})
+
+
+def parse_line(line: str, namespace: dict) -> argparse.Namespace:
+    """shlex-split, expand `{name}` in each word, parse; ParamError on anything unknown or malformed."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise ParamError(f"cannot split the option line ({exc}); check the quotes") from None
+    words = [expand(w, namespace, where="options")[0] for w in words]
+    args, extra = PARSER.parse_known_args(words)
+    if extra:
+        unknown = next((w for w in extra if w.startswith("-")), extra[0])
+        what = "unknown option" if unknown.startswith("-") else "unexpected word"
+        raise ParamError(f"{what} {unknown!r} (the prompt goes in the cell body); options: {', '.join(OPTIONS)}")
+    return args
+
+
+def _image_ref(text: str, namespace: dict, option: str):
+    """A variable name from the notebook (PIL image or array), else a path."""
+    from pathlib import Path
+
+    if text.isidentifier() and text in namespace:
+        return namespace[text]
+    if text.isidentifier() and not Path(text).exists():
+        raise ParamError(f"{option}: {text!r} is neither a variable in the notebook nor an image file")
+    return text
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    name, sep, strength = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(strength)
+    except ValueError:
+        raise ParamError(f"--lora: expected NAME[:STRENGTH] with a number, got {text!r}") from None
+
+
+def parse_control(text: str, namespace: dict):
+    from .controlnet import PREPROCESSORS, Control
+
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ParamError(f"--control: expected KIND:IMAGE[:SCALE] with KIND one of {', '.join(PREPROCESSORS)}, got {text!r}")
+    if kind not in PREPROCESSORS:
+        raise ParamError(f"--control: unknown kind {kind!r}; choose one of: {', '.join(PREPROCESSORS)}")
+    image, sep, scale_text = rest.rpartition(":")
+    scale = 1.0
+    if not sep:
+        image = rest
+    else:
+        try:
+            scale = float(scale_text)
+        except ValueError:     # no scale; the ':' belongs to the path
+            image = rest
+    return Control(kind, _image_ref(image, namespace, "--control"), scale=scale)
+
+
+# ---- what one cell will run ---------------------------------------------------------------------
+
+A1111_FIELDS = {"Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int)}
+
+
+def pasted_settings(fields: dict) -> dict:
+    """generate() kwargs from the 'Steps: 20, Sampler: ..., Seed: ...' line of a pasted A1111 prompt."""
+    from .schedulers import SAMPLER_NAMES
+
+    out = {}
+    for key, (name, cast) in A1111_FIELDS.items():
+        try:
+            out[name] = cast(fields[key])
+        except (KeyError, ValueError):
+            pass
+    sampler = fields.get("Sampler")
+    if sampler and fields.get("Schedule type") == "Karras" and "Karras" not in sampler:
+        sampler += " Karras"
+    if sampler in SAMPLER_NAMES:
+        out["scheduler"] = sampler
+    try:
+        out["width"], out["height"] = parse_size(fields["Size"])
+    except (KeyError, ParamError):
+        pass
+    return out
+
+
+@dataclass
+class Plan:
+    params: list                      # GenerationParams per run, validated
+    tags: list                        # log tags per run
+    labels: list                      # sweep cell labels per run
+    axes: list                        # [] or sweep axes
+    out: str | None = None
+    preview: bool = True
+    every: int = 1
+    notes: list = field(default_factory=list)
+
+
+# ---- the magic ----------------------------------------------------------------------------------
+
+
+@magics_class
+class SDMagic(Magics):
+    """`%%sd` generates (the cell is the prompt); `%sd help` lists the subcommands."""
+
+    steps = Int(None, allow_none=True, help="default --steps (None: the library default)").tag(config=True)
+    cfg = Float(None, allow_none=True, help="default --cfg (None: the library default)").tag(config=True)
+    sampler = Unicode(None, allow_none=True, help="default --sampler (None: the model's own)").tag(config=True)
+    size = Unicode(None, allow_none=True, help="default --size WxH (None: the model's native size)").tag(config=True)
+    negative = Unicode("", help="default negative prompt").tag(config=True)
+    model = Unicode(None, allow_none=True, help="model for %%sd when no --model (None: the session's default)").tag(config=True)
+    preview = Bool(True, help="show a live preview while generating").tag(config=True)
+    preview_every = Int(1, min=1, help="record a preview every k steps (--every)").tag(config=True)
+    preview_interval = Float(0.2, min=0.0, help="minimum seconds between live preview updates").tag(config=True)
+    preview_size = Int(256, min=16, help="tiny previews are upscaled (nearest) to at least this many pixels").tag(config=True)
+    grid_cell_size = Int(160, min=16, help="minimum pixels of one cell of a sweep grid").tag(config=True)
+    progress = Bool(True, help="show a tqdm progress bar (replaces the pipeline's own bar)").tag(config=True)
+    max_runs = Int(64, min=1, help="largest sweep (runs) a cell may start").tag(config=True)
+
+    @validate("sampler")
+    def _check_sampler(self, proposal):
+        from .schedulers import check_sampler
+
+        try:
+            return None if proposal.value is None else check_sampler(proposal.value)
+        except ParamError as exc:
+            raise TraitError(str(exc).removeprefix("scheduler: ")) from None
+
+    @validate("size")
+    def _check_size(self, proposal):
+        try:
+            return None if proposal.value is None else "x".join(map(str, parse_size(proposal.value)))
+        except ParamError as exc:
+            raise TraitError(str(exc)) from None
+
+    @property
+    def session(self):
+        from .session import session
+
+        return session()
+
+    # ---- %%sd ----------------------------------------------------------------------------
+    @no_var_expand
+    @cell_magic("sd")
+    def sd(self, line: str, cell: str):
+        """Generate images from the cell's prompt. `%%sd --help` lists the options."""
+        try:
+            plan = self.plan(line, cell)
+            if plan is None:
+                print(PARSER.format_help())
+                return None
+            result = self.execute(plan)
+        except SDWidgetsError as exc:
+            raise UsageError(f"%%sd: {exc}") from None
+        if plan.out:
+            self.shell.user_ns[plan.out] = result
+        return None
+
+    def plan(self, line: str, cell: str) -> Plan | None:
+        """Parse and validate a cell without any model work. None for --help."""
+        from .params import GenerationParams, parse_infotext
+
+        ns = self.shell.user_ns
+        args = parse_line(line, ns)
+        if args.help:
+            return None
+        if not cell.strip():
+            raise ParamError("the cell is empty: write the prompt in the cell body, under %%sd")
+        fields = template_fields(cell)
+        axes = parse_axes(args.sweep, set().union(*fields.values()) if fields else set())
+        n_runs = 1
+        for axis in axes:
+            n_runs *= len(axis.values)
+        if n_runs > self.max_runs:
+            raise ParamError(f"--sweep: {n_runs} runs is more than SDMagic.max_runs={self.max_runs} "
+                             "(raise it with %config SDMagic.max_runs = N)")
+        explicit = self._explicit(args, ns)
+        defaults = self._defaults()
+        plan = Plan([], [], [], axes, out=args.out, preview=args.preview and self.preview,
+                    every=args.every or self.preview_every)
+        combos = []
+        for _, _, chosen in cells(axes):
+            swept, variables = {}, {}
+            for axis in axes:
+                axis.apply(swept, variables, chosen[axis.name])
+            if "loras" in swept:
+                swept["loras"] = {**explicit.get("loras", {}), **swept["loras"]}
+            text, values = expand(cell, {**ns, **variables})
+            settings, prompt, negative = parse_infotext(text)
+            pasted = pasted_settings(settings)
+            if pasted and not plan.notes:
+                plan.notes.append("using " + ", ".join(sorted(k for k in settings if k in
+                                  ("Steps", "CFG scale", "Seed", "Size", "Sampler"))) + " from the pasted parameters line")
+            kwargs = {**defaults, **({"negative_prompt": negative} if negative else {}), **pasted, **explicit, **swept}
+            if kwargs.get("seed") == -1:      # A1111's "random"
+                del kwargs["seed"]
+            tags = {"source": "magic", "template": cell}
+            if values:
+                tags["values"] = values
+            if axes:
+                tags["sweep"] = {a.name: _jsonable(chosen[a.name]) for a in axes}
+            combos.append((prompt, kwargs, tags, " · ".join(a.label(chosen[a.name]) for a in axes)))
+        if len(combos) > 1 and all(kw.get("seed") is None for _, kw, _, _ in combos):
+            shared = secrets.randbelow(2**32)     # a sweep compares settings, not seeds: one seed for all
+            for _, kw, _, _ in combos:
+                kw["seed"] = shared
+        for prompt, kwargs, tags, label in combos:
+            plan.params.append(GenerationParams(prompt=prompt, **kwargs))
+            plan.tags.append(tags)
+            plan.labels.append(label)
+        self._check_resources(plan.params)
+        return plan
+
+    def _defaults(self) -> dict:
+        out = {"steps": self.steps, "guidance_scale": self.cfg, "scheduler": self.sampler, "model": self.model,
+               "negative_prompt": self.negative or None}
+        if self.size:
+            out["width"], out["height"] = parse_size(self.size)
+        return {k: v for k, v in out.items() if v is not None}
+
+    @staticmethod
+    def _explicit(args, ns) -> dict:
+        out = {"seed": args.seed, "steps": args.steps, "guidance_scale": args.cfg, "scheduler": args.sampler,
+               "num_images": args.num_images, "model": args.model, "negative_prompt": args.negative,
+               "strength": args.strength}
+        if args.size:
+            out["width"], out["height"] = args.size
+        if args.lora:
+            out["loras"] = dict(parse_lora(t) for t in args.lora)
+        if args.control:
+            out["controls"] = [parse_control(t, ns) for t in args.control]
+        if args.init:
+            out["init_image"] = _image_ref(args.init, ns, "--init")
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _check_resources(self, params: list) -> None:
+        """Model names and LoRA names of every run, before the first one starts."""
+        session = self.session
+        for model in dict.fromkeys(p.model for p in params):
+            session.resolve(model)
+            wanted = {name for p in params if p.model == model for name, _ in p.loras}
+            if wanted:
+                known = session.loras(model)
+                unknown = sorted(wanted - set(known))
+                if unknown:
+                    raise ParamError(f"--lora: unknown LoRA {unknown[0]!r}; known: {', '.join(known) or 'none'} "
+                                     "(add one with %sd lora load PATH [NAME])")
+
+    def execute(self, plan: Plan):
+        """Run the plan with a live preview and progress; display and return the Run (or SweepResult)."""
+        for note in plan.notes:
+            print(note)
+        session = self.session
+        view = LiveView(self, sum(p.steps * p.num_images for p in plan.params), len(plan.params), plan.preview)
+        runs = []
+        with _own_progress_bar(session, self.progress):
+            try:
+                for params, tags, label in zip(plan.params, plan.tags, plan.labels):
+                    view.start_run(label, params.num_images, params.steps)
+                    run = session.generate(params=params, tags=tags, on_step=view.on_step,
+                                           preview_every=plan.every)
+                    runs.append(run)
+                    view.finish_run()
+                    if run.status != "ok":
+                        break
+            except KeyboardInterrupt:     # between two runs of a sweep; each finished run is logged
+                pass
+            finally:
+                view.close()
+        if not runs:
+            raise UsageError("%%sd: interrupted before the first run started")
+        result = SweepResult(runs, plan.axes, self.grid_cell_size) if plan.axes else runs[0]
+        view.show(result)
+        return result
+
+    # ---- %sd -----------------------------------------------------------------------------
+    @no_var_expand
+    @line_magic("sd")
+    def sd_line(self, line: str):
+        """`%sd COMMAND ...`: model, config, log, show, rerun, compare, loras, lora load, controls, unload,
+        dashboard, interrupt, help."""
+        from .magic_commands import dispatch
+
+        try:
+            words = [expand(w, self.shell.user_ns, where="%sd")[0] for w in shlex.split(line)]
+        except ValueError as exc:
+            raise UsageError(f"%sd: {exc}") from None
+        try:
+            return dispatch(self, words)
+        except (SDWidgetsError, KeyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise UsageError(f"%sd: {message}") from None
+
+
+# ---- live display ---------------------------------------------------------------------------
+
+
+class _Frame:
+    """One live preview: the upscaled latent preview and a status line."""
+
+    def __init__(self, image, text: str, size: int):
+        self.image, self.text, self.size = image, text, size
+
+    def _repr_html_(self) -> str:
+        from .images import data_url
+
+        img = f'<img src="{data_url(self.image, self.size)}" style="image-rendering:pixelated"/>' if self.image else ""
+        return (f'<div class="sdw-live">{img}<div style="font-family:monospace;font-size:12px">'
+                f'{html.escape(self.text)}</div></div>')
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class LiveView:
+    """One display handle updated in place (throttled) plus one tqdm.auto bar for the whole cell.
+
+    The bar counts denoising steps of every image of every run (images of a run are denoised
+    one after another); its total follows the scheduler's real step count once a run starts.
+    """
+
+    def __init__(self, magic: SDMagic, total_steps: int, total_runs: int, preview: bool):
+        from IPython.core.displaypub import DisplayPublisher
+
+        self.interval, self.size, self.total_runs = magic.preview_interval, magic.preview_size, total_runs
+        # the plain terminal publisher can only print: previews there would be noise
+        live = preview and type(magic.shell.display_pub) is not DisplayPublisher
+        self.handle = display(_Frame(None, "starting…", self.size), display_id=True) if live else None
+        self.bar = None
+        if magic.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", desc="%%sd", leave=False)
+        self.done, self.run_index, self.label = 0, 0, ""
+        self.last_update, self.updates = float("-inf"), 0
+
+    def start_run(self, label: str, num_images: int, steps: int) -> None:
+        self.run_index += 1
+        self.label, self.num_images, self.run_total = label, num_images, num_images * steps
+        self.image, self.count = -1, 0
+        if self.bar is not None and label:
+            self.bar.set_postfix_str(label, refresh=False)
+
+    def finish_run(self) -> None:
+        self.done += self.run_total
+        self._advance(self.done)
+
+    def _advance(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, position - self.bar.n))
+
+    def on_step(self, recorder) -> None:
+        """Called by the Session after each recorded step (on the generating thread)."""
+        if recorder.image_index != self.image:
+            self.image, self.count = recorder.image_index, 0
+        self.count += 1
+        steps, total = recorder.steps, recorder.total_steps   # step numbers are the same for every image
+        step = min(steps[min(self.count, len(steps)) - 1] if steps else 0, total)
+        if self.bar is not None and total * self.num_images != self.run_total:
+            self.bar.total += total * self.num_images - self.run_total
+            self.run_total = total * self.num_images
+        self._advance(self.done + self.image * total + step)
+        now = time.monotonic()
+        if self.handle is None or now - self.last_update < self.interval or recorder.latest is None:
+            return
+        where = [f"run {self.run_index}/{self.total_runs}", self.label] if self.total_runs > 1 else []
+        if self.num_images > 1:
+            where.append(f"image {self.image + 1}/{self.num_images}")
+        text = " · ".join([*where, f"step {step}/{total}"])
+        self.handle.update(_Frame(recorder.latest, text, self.size))
+        self.last_update, self.updates = time.monotonic(), self.updates + 1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def show(self, result) -> None:
+        """The final images replace the live preview (same output area)."""
+        if self.handle is not None:
+            self.handle.update(result)
+        else:
+            display(result)
+
+
+@contextmanager
+def _own_progress_bar(session, ours: bool):
+    """While our bar runs, silence the pipeline's own per-run bar (restored after)."""
+    if not (ours and session.options.progress):
+        yield
+        return
+    session.set_options(progress=False)
+    try:
+        yield
+    finally:
+        session.set_options(progress=True)
+
+
+# ---- extension entry points -------------------------------------------------------------------
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext sdwidgets`: register %%sd / %sd (once per shell)."""
+    if "SDMagic" not in ipython.magics_manager.registry:
+        ipython.register_magics(SDMagic(shell=ipython))
+
+
+def unload_ipython_extension(ipython) -> None:
+    """`%unload_ext sdwidgets`: remove %%sd / %sd and the SDMagic configurable."""
+    magic = ipython.magics_manager.registry.pop("SDMagic", None)
+    if magic is None:
+        return
+    ipython.magics_manager.magics["line"].pop("sd", None)
+    ipython.magics_manager.magics["cell"].pop("sd", None)
+    if magic in ipython.configurables:
+        ipython.configurables.remove(magic)
