@@ -7,11 +7,14 @@ clean image (x0, captured from the scheduler's step output) and of the noisy lat
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .images import grid
 
 # Public factors (ComfyUI latent_formats.py); applied to model-space latents, output in [-1, 1].
 SD15_FACTORS = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
@@ -121,10 +124,12 @@ def fit_latent_rgb(vae, images=None, n: int = 16, size: int = 64, seed: int = 0)
 class StepRecorder:
     """`callback_on_step_end` that records previews and honours interrupts.
 
-    Every `every` steps it keeps the x0 preview (`frames`) and the noisy-latent
-    preview (`noisy_frames`), one image per step with the batch side by side, plus
-    the timestep and sigma of that step. `listeners` are called with the recorder
-    after each recorded step (live displays); they run on the generating thread.
+    Images of a run are denoised one after another (each bit-identical to a lone run
+    with its seed); `start_image` is called before each. Every `every` steps the
+    recorder keeps the x0 preview and the noisy-latent preview of the current image;
+    `frames` / `noisy_frames` give one picture per recorded step with the images
+    side by side. `listeners` are called with the recorder after each recorded step
+    (live displays); they run on the generating thread.
     """
 
     latent_rgb: LatentRGB
@@ -134,30 +139,38 @@ class StepRecorder:
     decode_every: int | None = None     # exact VAE decode of x0 every k steps (slow)
     stop_event: threading.Event | None = None
     listeners: list = field(default_factory=list)
-    frames: list = field(default_factory=list)
-    noisy_frames: list = field(default_factory=list)
-    decoded_frames: dict = field(default_factory=dict)
-    steps: list = field(default_factory=list)
+    steps: list = field(default_factory=list)          # step numbers recorded (same for every image)
     timesteps: list = field(default_factory=list)
     sigmas: list = field(default_factory=list)
     step_times: list = field(default_factory=list)
     preview_seconds: float = 0.0
     interrupted: bool = False
+    image_index: int = 0
 
     def __post_init__(self):
         self._x0 = None
         self._t_last = time.perf_counter()
+        self._frames: list[list] = []       # per image: x0 previews by recorded step
+        self._noisy: list[list] = []
+        self._decoded: list[dict] = []
 
-    def watch(self, scheduler):
-        """Wrap `scheduler.step` (a fresh per-run instance) to capture the predicted x0."""
+    def start_image(self, index: int, scheduler):
+        """Begin image `index`; wraps the (fresh) scheduler's step to capture the predicted x0."""
+        self.image_index = index
+        self._frames.append([])
+        self._noisy.append([])
+        self._decoded.append({})
+        self._x0 = None
         step = scheduler.step
 
+        @functools.wraps(step)  # keeps the signature: pipelines pass `generator` only if step() takes it
         def step_and_capture(*args, **kwargs):
             out = step(*args, **kwargs)
             self._x0 = _predicted_x0(scheduler, out)
             return out
 
         scheduler.step = step_and_capture
+        self._t_last = time.perf_counter()
         return scheduler
 
     def __call__(self, pipe, i, t, callback_kwargs):
@@ -166,43 +179,79 @@ class StepRecorder:
         if self.stop_event is not None and self.stop_event.is_set():
             pipe._interrupt = True     # diffusers skips the remaining steps
             self.interrupted = True
+        self.total_steps = getattr(pipe, "_num_timesteps", None) or self.total_steps  # img2img runs fewer
         step = i + 1
         if self.keep != "none" and (step % self.every == 0 or step == self.total_steps):
             self._record(pipe, step, t, callback_kwargs["latents"])
+        if self.decode_every and (step % self.decode_every == 0 or step == self.total_steps):
+            x0 = self._x0 if self._x0 is not None else callback_kwargs["latents"]
+            self._decoded[-1][step] = decode_latents(pipe, x0)
         self._t_last = time.perf_counter()
         return callback_kwargs
 
     def _record(self, pipe, step, t, latents):
-        from .images import grid
-
         t0 = time.perf_counter()
         x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
         if self.keep in ("x0", "both"):
-            self.frames.append(grid(self.latent_rgb.to_images(x0 if x0 is not None else latents), pad=0))
+            self._frames[-1].append(self.latent_rgb.to_images(x0 if x0 is not None else latents)[0])
         if self.keep in ("noisy", "both"):
-            self.noisy_frames.append(grid(self.latent_rgb.to_images(latents), pad=0))
-        self.steps.append(step)
-        self.timesteps.append(float(t))
-        sigmas = getattr(pipe.scheduler, "sigmas", None)
-        index = getattr(pipe.scheduler, "step_index", None)
-        self.sigmas.append(float(sigmas[index]) if sigmas is not None and index is not None and index < len(sigmas) else None)
+            self._noisy[-1].append(self.latent_rgb.to_images(latents)[0])
+        if self.image_index == 0:
+            self.steps.append(step)
+            self.timesteps.append(float(t))
+            sigmas = getattr(pipe.scheduler, "sigmas", None)
+            index = getattr(pipe.scheduler, "step_index", None)
+            ok = sigmas is not None and index is not None and index < len(sigmas)
+            self.sigmas.append(float(sigmas[index]) if ok else None)
         self.preview_seconds += time.perf_counter() - t0
-        if self.decode_every and step % self.decode_every == 0 and x0 is not None:
-            self.decoded_frames[step] = decode_latents(pipe, x0)
         for listener in list(self.listeners):
             listener(self)
 
     @property
+    def frames(self) -> list:
+        """x0 previews, one per recorded step, images side by side."""
+        return _side_by_side(self._frames)
+
+    @property
+    def noisy_frames(self) -> list:
+        return _side_by_side(self._noisy)
+
+    @property
+    def decoded_frames(self) -> dict:
+        steps = sorted(set().union(*self._decoded)) if self._decoded else []
+        return {k: grid([d[k] for d in self._decoded if k in d], pad=0) for k in steps}
+
+    @property
     def latest(self):
-        return (self.frames or self.noisy_frames or [None])[-1]
+        """The newest preview of the image being denoised."""
+        for series in (self._frames, self._noisy):
+            if series and series[-1]:
+                return series[-1][-1]
+        return None
+
+
+def _side_by_side(per_image: list[list]) -> list:
+    """Per-image frame lists -> one grid per step (an image cut short repeats its last frame)."""
+    per_image = [frames for frames in per_image if frames]
+    if len(per_image) <= 1:
+        return list(per_image[0]) if per_image else []
+    n = max(len(f) for f in per_image)
+    return [grid([f[min(k, len(f) - 1)] for f in per_image], pad=0) for k in range(n)]
 
 
 def _predicted_x0(scheduler, out):
     """x0 from a scheduler step: most return it; multistep solvers keep it in model_outputs."""
+    if isinstance(out, tuple):   # pipelines call step(..., return_dict=False): (prev_sample, x0, ...)
+        return out[1] if len(out) > 1 and out[1] is not None and out[1].shape == out[0].shape else \
+            _from_model_outputs(scheduler)
     for name in ("pred_original_sample", "denoised"):
         value = getattr(out, name, None)
         if value is not None:
             return value
+    return _from_model_outputs(scheduler)
+
+
+def _from_model_outputs(scheduler):
     outputs = getattr(scheduler, "model_outputs", None)
     predicts_x0 = scheduler.config.get("algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++") or \
         scheduler.config.get("predict_x0", False)
@@ -214,8 +263,6 @@ def _predicted_x0(scheduler, out):
 def decode_latents(pipe, latents):
     """Exact previews: the VAE decode of model-space latents, as one PIL image (batch side by side)."""
     import torch
-
-    from .images import grid
 
     vae = pipe.vae
     shift = vae.config.get("shift_factor") or 0.0

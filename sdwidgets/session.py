@@ -233,22 +233,27 @@ class Session:
         recorder = StepRecorder(loaded.latent_rgb, params.steps, every=preview_every, keep=preview,
                                 decode_every=decode_every, stop_event=self._stop,
                                 listeners=[on_step] if on_step else [])
-        pipe.scheduler = recorder.watch(make_scheduler(params.scheduler, loaded.original_scheduler))
         self._load_loras(loaded, params)
         apply_strengths(pipe, loaded.loras, params.loras)
         apply_options(pipe, self.options, self.device)
-        call = self._call_arguments(pipe, params, width, height)
-        run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(pipe.scheduler), model_name=ref.name,
+        scheduler = make_scheduler(params.scheduler, loaded.original_scheduler)
+        params = params.replace(width=width, height=height)     # the log records the size that ran
+        run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
                   pipeline_class=type(pipe).__name__, tags=dict(tags))
-        # 4. Denoise
+        # 4. Denoise, one image at a time: image i is then bit-identical to a lone run with seed + i
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         error = None
         try:
-            out = pipe(**call, callback_on_step_end=recorder)
-            run.images = list(out.images)
-            run.nsfw = getattr(out, "nsfw_content_detected", None)
+            for i in range(params.num_images):
+                pipe.scheduler = recorder.start_image(i, make_scheduler(params.scheduler, loaded.original_scheduler))
+                out = pipe(**self._call_arguments(params, width, height, params.seed + i), callback_on_step_end=recorder)
+                run.images += out.images
+                flagged = getattr(out, "nsfw_content_detected", None)
+                run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
+                if recorder.interrupted:
+                    break
             run.status = "interrupted" if recorder.interrupted else "ok"
         except KeyboardInterrupt:
             run.status = "interrupted"
@@ -312,14 +317,14 @@ class Session:
                 loaded.loras.add(name)
 
     @staticmethod
-    def _call_arguments(pipe, params: GenerationParams, width: int, height: int) -> dict:
+    def _call_arguments(params: GenerationParams, width: int, height: int, seed: int) -> dict:
+        """Arguments of one pipeline call (one image) for `params`."""
         import torch
 
         call = dict(prompt=params.prompt, negative_prompt=params.negative_prompt or None,
-                    num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
-                    num_images_per_prompt=params.num_images, output_type="pil",
-                    # one CPU generator per image: image i is reproducible alone with seed + i
-                    generator=[torch.Generator("cpu").manual_seed(params.seed + i) for i in range(params.num_images)])
+                    num_inference_steps=params.steps, guidance_scale=params.guidance_scale, output_type="pil",
+                    # a CPU generator: the same noise on every device (diffusers' reproducibility advice)
+                    generator=torch.Generator("cpu").manual_seed(seed))
         controls = [c.preview((width, height)) for c in params.controls]
         if params.init_image is not None:
             call.update(image=params.init_image.resize((width, height)), strength=params.strength)

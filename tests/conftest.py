@@ -35,3 +35,29 @@ def session(tmp_path, model):
     previous = sdw.set_session(s)
     yield s
     sdw.set_session(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_model, tmp_path_factory) -> Path:
+    from tiny_model import build_tiny_lora
+
+    return build_tiny_lora(tiny_model, tmp_path_factory.mktemp("lora") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_model, tmp_path_factory) -> str:
+    from tiny_model import build_tiny_controlnet
+
+    return str(build_tiny_controlnet(tiny_model, tmp_path_factory.mktemp("controlnet")))
+
+
+@pytest.fixture
+def tiny_session(tmp_path, tiny_model):
+    """A Session on the tiny random model (for what must not depend on the embedded one)."""
+    return sdw.Session(log_dir=tmp_path / "tiny-runs", model=tiny_model, progress=False)
+
+
+def pixels(image):
+    import numpy as np
+
+    return np.asarray(image).astype(int)

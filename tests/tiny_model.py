@@ -54,3 +54,41 @@ def build_tiny_pipeline(folder, seed: int = 0):
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder / "model")
     return folder / "model"
+
+
+def build_tiny_lora(model_folder, out_file, rank: int = 4, seed: int = 0):
+    """A LoRA for the tiny model (attention + conv layers), saved in diffusers format."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]))
+    torch.manual_seed(seed)
+    with torch.no_grad():   # a visible effect: lora_B is zero after init
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(str(out_file.parent), unet_lora_layers=layers,
+                                              weight_name=out_file.name)
+    return out_file
+
+
+def build_tiny_controlnet(model_folder, out_folder):
+    """A ControlNet initialised from the tiny UNet, with its zero convolutions made non-zero."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 4, 8, 8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name \
+                    or "conv_out" in name:
+                p.normal_(0, 0.3)
+    net.save_pretrained(out_folder)
+    return out_folder

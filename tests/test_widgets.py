@@ -1,0 +1,338 @@
+"""The dashboard and its panels, on real ipywidgets objects and a real pipeline (no browser).
+
+Buttons are pressed with `.click()`, runs happen on the dashboard's worker thread and
+`dashboard.wait()` joins it. Few steps everywhere: the CPU is small and shared.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+import sdwidgets as sdw
+from sdwidgets.widgets import ControlPanel, Dashboard, LivePreview, PromptBuilder
+from sdwidgets.widgets.base import image_value
+from sdwidgets.widgets.builder import compose
+
+STEPS = 4
+PNG = b"\x89PNG"
+
+
+def is_png(value) -> bool:
+    return bytes(value[:4]) == PNG
+
+
+@pytest.fixture
+def dash(session):
+    d = Dashboard(session=session, steps=STEPS)
+    yield d
+    d.wait(60)
+    d.close()
+
+
+def run_once(d, timeout=60):
+    assert d.generate(), d.prompt.status.value
+    assert d.wait(timeout), "the run did not finish"
+    assert d.last_error is None, d.last_error
+    return d.last_run
+
+
+def shapes_image(size=64, faint=12):
+    """A strong-edged square and a faint circle: canny thresholds decide whether the circle shows."""
+    img = Image.new("RGB", (size, size), (100, 100, 100))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([4, 4, 24, 24], fill=(250, 250, 250))
+    draw.ellipse([32, 32, 58, 58], fill=(100 + faint, 100 + faint, 100 + faint))
+    return img
+
+
+# ---- generate, preview, gallery, log ----------------------------------------------------------
+def test_generate_click_runs_off_thread_and_fills_every_panel(dash, session):
+    dash.prompt.num_images.value = 2
+    dash.prompt.seed.value = 7
+    before = len(session.log)
+    dash.prompt.generate.click()
+    assert dash.prompt.generate.disabled and not dash.prompt.stop.disabled   # disabled while it runs
+    assert dash.wait(60) and dash.last_error is None, dash.prompt.status.value
+    run = dash.last_run
+    assert not dash.prompt.generate.disabled and dash.prompt.stop.disabled
+    # live preview received frames as the run went, then the final image
+    assert dash.live.steps_seen == 2 * len(run.frames) and len(run.frames) >= STEPS     # two images, one by one
+    assert 1 <= dash.live.frames_shown <= dash.live.steps_seen
+    assert is_png(dash.live.image.value)
+    assert dash.live.progress.value == dash.live.progress.max and dash.live.progress.bar_style == "success"
+    assert "steps/s" in dash.live.rate.value
+    # gallery: both images, captioned with their seeds
+    assert dash.live.gallery.value.count("<img") == 2 and "seed 7" in dash.live.gallery.value and "seed 8" in \
+        dash.live.gallery.value
+    assert [im.size for im in dash.live.images] == [im.size for im in run.images]
+    # the log grew by one row per image, tagged as a dashboard run; the log panel lists it
+    assert len(session.log) == before + 2
+    df = session.log.df
+    assert list(df["source"]) == ["dashboard", "dashboard"] and list(df["seed"]) == [7, 8]
+    assert dash.log.select.options[0][1] == run.run_id and "<img" in dash.log.table.value
+    # "reuse last" seed
+    dash.prompt.random_seed.value = True
+    dash.prompt.reuse_seed.click()
+    assert dash.prompt.values()["seed"] == 7
+
+
+def test_step_scrubber_shows_every_step_and_links_play_in_the_browser(dash):
+    dash.prompt.scheduler.value = "Euler"       # a sampler that reports its predicted clean image
+    run = run_once(dash)
+    s = dash.scrubber
+    assert s.slider.max == s.play.max == len(run.frames) - 1 and s.slider.value == s.slider.max
+    assert s.link.source == (s.play, "value") and s.link.target == (s.slider, "value")   # jslink: browser side
+    seen = set()
+    for i in range(len(run.frames)):
+        s.slider.value = i
+        seen.add(s.image.value)
+        assert f"step {run.steps[i]}/" in s.info.value and "timestep" in s.info.value
+    assert len(seen) > 1
+    s.slider.value = 1
+    assert bytes(s.image.value) == image_value(run.frames[1])
+    s.view.value = "noisy"                       # the toggle: noisy latent instead of predicted clean image
+    assert bytes(s.image.value) == image_value(run.noisy_frames[1])
+
+
+def test_throttle_limits_browser_updates(session):
+    d = Dashboard(session=session, steps=8, min_interval=3600)   # nothing but the first and the last step
+    try:
+        run = run_once(d)
+        assert d.live.steps_seen == len(run.frames) >= 8
+        assert d.live.frames_shown == 2
+    finally:
+        d.close()
+
+
+def test_double_click_makes_one_run(dash, session):
+    dash.prompt.generate.click()
+    dash.prompt.generate.click()       # Button.click() calls handlers even when disabled: the guard must hold
+    assert dash.generate() is False
+    dash.wait(60)
+    assert dash.runs_started == 1
+    assert session.log.df["run_id"].nunique() == 1
+
+
+def test_stop_interrupts_the_run(dash, session):
+    dash.prompt.steps.value = 40
+    original = dash.live.on_step
+
+    def press_stop_at_step_2(recorder):      # the user presses Stop while the run is going
+        original(recorder)
+        if recorder.steps[-1] == 2:
+            dash.prompt.stop.click()
+
+    dash.live.on_step = press_stop_at_step_2
+    run = run_once(dash)
+    assert run.status == "interrupted"
+    assert len(run.frames) < 10
+    assert session.log.df["status"].iloc[-1] == "interrupted"
+    assert "interrupted" in dash.prompt.status.value and not dash.prompt.generate.disabled
+    dash.live.on_step = original
+    assert run_once(dash).status == "ok"      # the next run is unaffected
+
+
+def test_errors_are_a_short_message_and_the_dashboard_stays_usable(dash, session):
+    dash.prompt.seed.value = -1               # rejected before any thread starts
+    dash.prompt.generate.click()
+    assert dash.runs_started == 0 and "seed" in dash.prompt.status.value and not dash.prompt.generate.disabled
+    dash.prompt.seed.value = 1
+    dash.prompt.model.value = "no-such-model"  # rejected by the Session, on the worker thread
+    dash.prompt.generate.click()
+    dash.wait(60)
+    assert isinstance(dash.last_error, sdw.ParamError)
+    assert "model" in dash.prompt.status.value and "Traceback" not in dash.prompt.status.value
+    assert len(dash.prompt.status.value) < 600 and not dash.prompt.generate.disabled
+    assert len(session.log) == 0
+    dash.prompt.model.value = ""
+    assert run_once(dash).status == "ok"
+
+
+# ---- ControlNet -------------------------------------------------------------------------------
+def test_controlnet_preview_follows_the_threshold_sliders():
+    panel = ControlPanel()
+    try:
+        row = panel.add_control("canny", shapes_image())
+        first, count = row.preview.value, row.preview_count
+        assert is_png(first) and is_png(row.thumb.value)
+        edges_high = (__import__("numpy").asarray(row.preview_image) > 0).sum()
+        row._option_widgets["low_threshold"].value = 5
+        row._option_widgets["high_threshold"].value = 20
+        assert row.preview_count == count + 2
+        assert row.preview.value != first                      # the faint circle's edge appears
+        assert (__import__("numpy").asarray(row.preview_image) > 0).sum() > edges_high
+        control = panel.controls()[0]
+        assert control.kind == "canny" and control.options == {"low_threshold": 5, "high_threshold": 20}
+        row.scale.value, row.span.value = 0.6, (0.1, 0.8)
+        control = panel.controls()[0]
+        assert (control.scale, control.start, control.end) == (0.6, 0.1, 0.8)
+        row.enabled.value = False
+        assert panel.controls() == []
+        panel.add_control("shuffle", shapes_image())
+        panel.add_control("canny", shapes_image())
+        assert len(panel.controls()) == 2                     # several controls at once
+        panel.rows[0].remove.click()
+        assert len(panel.rows) == 2
+    finally:
+        panel.close()
+
+
+def test_controlnet_image_from_path_variable_and_last_generated(tmp_path):
+    path = tmp_path / "in.png"
+    shapes_image().save(path)
+    last = shapes_image(faint=80)
+    panel = ControlPanel(image_source=lambda: last)
+    try:
+        row = panel.add_control()
+        row.path.value = str(path)
+        row.load.click()
+        assert row.source is not None and row.source.size == (64, 64)
+        row.path.value = str(tmp_path / "missing.png")
+        row.load.click()
+        assert "no such image file" in row.status.value         # a message, the row keeps its image
+        row.use_last.click()
+        assert row.source.tobytes() == last.tobytes()
+    finally:
+        panel.close()
+
+
+# ---- LoRA -------------------------------------------------------------------------------------
+def make_lora(session, folder: Path, name: str = "mine") -> Path:
+    """A random LoRA for the session's model, made with peft (as training would)."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(session.resolve().location, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
+    return folder / f"{name}.safetensors"
+
+
+def test_lora_slider_applies_at_the_next_run_without_reloading(dash, session, tmp_path):
+    path = make_lora(session, tmp_path)
+    dash.lora.path.value = str(path)
+    dash.lora.load.click()
+    assert "mine" in dash.lora.rows and "mine" in dash.lora.available.options
+    dash.lora.rows["mine"].strength.value = 0.5
+    first = run_once(dash)
+    assert first.params.loras == (("mine", 0.5),)
+    loads = session.loads
+    pipe = session.pipeline()
+    calls = []
+    original = pipe.load_lora_weights
+    pipe.load_lora_weights = lambda *a, **k: (calls.append(a), original(*a, **k))[1]
+    dash.lora.rows["mine"].strength.value = 2.0           # the slider moves: nothing is loaded
+    assert session.loads == loads and calls == []
+    second = run_once(dash)
+    assert second.params.loras == (("mine", 2.0),)
+    assert session.loads == loads and calls == []          # applied at the next run, no reload
+    assert json.loads(session.log.df["loras"].iloc[-1]) == {"mine": 2.0}
+    assert second.images[0].tobytes() != first.images[0].tobytes()   # same seed, the strength mattered
+    # "regenerate on release": releasing the slider re-runs the last parameters with the new strength
+    dash.lora.regenerate.value = True
+    dash.lora.rows["mine"].strength.value = 0.0
+    assert dash.wait(60) and dash.last_run.params.loras == (("mine", 0.0),)
+    assert dash.last_run.params.seed == second.params.seed and session.loads == loads and calls == []
+    dash.lora.rows["mine"].enabled.value = False
+    assert dash.lora.loras() == {}
+
+
+# ---- log panel, prompt builder ----------------------------------------------------------------
+def test_selecting_a_log_row_fills_the_prompt_panel(dash, session):
+    a = session.generate("a blue square", negative_prompt="blurry", seed=123, steps=3, guidance_scale=7.5,
+                         scheduler="Euler a")
+    b = session.generate("a red circle", seed=5, steps=2, guidance_scale=3.0)
+    dash.log.refresh()
+    assert [o[1] for o in dash.log.select.options] == [b.run_id, a.run_id]   # newest first
+    dash.log.select.value = (a.run_id,)
+    v = dash.prompt.values()
+    assert (v["prompt"], v["negative_prompt"], v["seed"], v["steps"], v["guidance_scale"], v["scheduler"]) == \
+        ("a blue square", "blurry", 123, 3, 7.5, "Euler a")
+    assert "a blue square" in dash.log.details.value and is_png(dash.log.image.value)
+    dash.log.select.value = (a.run_id, b.run_id)
+    assert not dash.log.compare.disabled
+    dash.log.compare.click()
+    assert "sdw-compare" in dash.log.comparison.value and "#fff3b0" in dash.log.comparison.value
+    dash.log.select.value = (b.run_id,)
+    dash.log.rerun.click()
+    dash.wait(60)
+    assert dash.last_run.params.seed == 5 and dash.last_run.params.prompt == "a red circle"
+    assert session.log.df["source"].iloc[-1] == "dashboard"
+
+
+def test_prompt_builder_composes_the_prompt_and_logs_its_template(dash, session):
+    assert compose({"subject": "a cat", "style": "", "quality": "masterpiece"}) == \
+        ("{subject}, {quality}", "a cat, masterpiece")
+    b = dash.builder
+    b.subject.value = "a red circle"
+    b.style.value = "watercolor"
+    b.quality.value = ["masterpiece", "sharp focus"]
+    assert dash.prompt.prompt.value == "a red circle, watercolor, masterpiece, sharp focus"
+    run_once(dash)
+    row = session.log.df.iloc[-1]
+    assert row["prompt_template"] == "{subject}, {style}, {quality}"
+    assert json.loads(row["template_values"]) == {"subject": "a red circle", "style": "watercolor",
+                                                  "quality": "masterpiece, sharp focus"}
+    dash.prompt.prompt.value = "typed by hand"              # no longer the builder's prompt: no template
+    run_once(dash)
+    assert pd.isna(session.log.df["prompt_template"].iloc[-1])
+    assert isinstance(PromptBuilder().composed(), tuple)
+
+
+# ---- explainer --------------------------------------------------------------------------------
+def test_explainer_noises_in_latent_and_pixel_space(session):
+    import numpy as np
+
+    from sdwidgets import explain
+    from sdwidgets.widgets.explainer import ExplainerPanel, example_image
+
+    bars = explain.alpha_bars(session)
+    assert bars[0] > 0.99 and bars[-1] < 0.05 and np.all(np.diff(bars) < 0)
+    image = example_image()
+    clean = explain.forward_noise(session, image, 0, seed=1)
+    noisy = explain.forward_noise(session, image, len(bars) - 1, seed=1)
+    err = lambda im: np.abs(np.asarray(im, float) - np.asarray(image.resize(im.size), float)).mean()  # noqa: E731
+    assert err(clean.pixel) < 5 < err(noisy.pixel)
+    assert explain.curve_image(bars, 10).size == (256, 160)
+    panel = ExplainerPanel(session)
+    try:
+        panel.show()
+        assert "ᾱ" in panel.status.value and is_png(panel.latent.value)
+        before = panel.pixel.value
+        panel.t.value = 900
+        assert panel.pixel.value != before and panel.last.t == 900
+    finally:
+        panel.close()
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------
+def test_default_session_and_close_releases_everything(session):
+    from sdwidgets.session import session as default_session
+
+    d = Dashboard()
+    assert d.session is default_session() is session
+    mimebundle = d._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in mimebundle
+    widgets = [d.prompt.generate, d.live.image, d.scrubber.slider, d.log.select]
+    d.close()
+    assert all(w.comm is None for w in widgets)
+    assert all(not p._observed for p in d.panels)
+    assert not d.prompt.generate._click_handlers.callbacks
+
+
+def test_live_preview_alone_accepts_a_recorder(session):
+    live = LivePreview(min_interval=0)
+    run = session.generate("a red circle", seed=1, steps=3, on_step=live.on_step)
+    live.finish(run)
+    assert live.frames_shown == len(run.frames) and live.gallery.value.count("<img") == 1
+    live.close()
