@@ -1,0 +1,108 @@
+"""Live preview: the predicted clean image every denoising step, a progress bar with steps/s, a gallery.
+
+`on_step` runs on the generating thread: it only sets trait values (never display()), is
+throttled to at most one browser update per `min_interval` seconds (the last step always
+goes through) and batches each widget's changes into one message (hold_sync).
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as W
+
+from ..images import data_url
+from .base import PREVIEW_SIZE, Panel, hold, image_value, image_widget, message
+
+GALLERY_SIZE = 192
+
+
+class LivePreview(Panel):
+    def __init__(self, min_interval: float = 0.1, size: int = PREVIEW_SIZE):
+        super().__init__()
+        self.min_interval = min_interval
+        self.image = image_widget(size)
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width=f"{size}px"))
+        self.rate = W.HTML(value="")
+        self.gallery = W.HTML(value="")
+        self.frames_shown = 0          # preview images sent to the browser during the current run
+        self.steps_seen = 0            # steps reported during the current run
+        self.images: list = []         # the last run's final images
+        self._lock = threading.Lock()
+        self._num_images = 1
+        self._index, self._count = 0, 0     # image being denoised, steps seen of it
+        self._t0 = time.perf_counter()
+        self._last_sent = float("-inf")
+        self.root = W.VBox([self.image, self.progress, self.rate, self.gallery])
+
+    def start(self, total_steps: int, num_images: int = 1) -> None:
+        """A run begins: reset the bar (called on the main thread before the run starts)."""
+        with self._lock:
+            self._t0 = time.perf_counter()
+            self._last_sent = float("-inf")
+            self.frames_shown = self.steps_seen = 0
+            self._num_images = max(1, num_images)
+            self._index, self._count = 0, 0
+        with hold(self.progress, self.rate):
+            self.progress.max, self.progress.value = max(1, total_steps * self._num_images), 0
+            self.progress.bar_style = "info"
+            self.rate.value = message(f"0/{total_steps} steps")
+
+    def on_step(self, recorder) -> None:
+        """StepRecorder listener (generating thread). Images of a batch are denoised one after another."""
+        now = time.perf_counter()
+        total, index = recorder.total_steps, getattr(recorder, "image_index", 0)
+        with self._lock:
+            self.steps_seen += 1
+            # recorder.steps lists the first image's steps; later images record the same ones
+            self._count = self._count + 1 if index == self._index else 1
+            self._index = index
+            step = recorder.steps[min(self._count, len(recorder.steps)) - 1]
+            if step < total and now - self._last_sent < self.min_interval:
+                return
+            self._last_sent = now
+            self.frames_shown += 1
+            images = max(self._num_images, index + 1)
+        latest = recorder.latest
+        value = image_value(latest) if latest is not None else None
+        done = index * total + min(step, total)
+        rate = done / max(now - self._t0, 1e-9)
+        of_image = f" · image {index + 1}/{images}" if images > 1 else ""
+        with hold(self.image, self.progress, self.rate):
+            if value is not None:
+                self.image.value = value
+            self.progress.max = max(1, total * images)
+            self.progress.value = min(done, self.progress.max)
+            self.rate.value = message(f"{step}/{total} steps{of_image} · {rate:.1f} steps/s")
+
+    def finish(self, run) -> None:
+        """Show the run's final images (any thread)."""
+        self.images = list(run.images)
+        steps = len(run.step_times)       # steps denoised, all images together
+        rate = steps / run.duration_s if run.duration_s else 0.0
+        kind = "ok" if run.status == "ok" else "error"
+        with hold(self.progress, self.image, self.rate, self.gallery):
+            self.progress.bar_style = "success" if run.status == "ok" else "warning"
+            if run.status == "ok":
+                self.progress.value = self.progress.max
+            if run.images:
+                self.image.value = image_value(run.images[0] if len(run.images) == 1 else run.grid())
+            self.rate.value = message(f"{run.status} · {steps} steps in {run.duration_s:.2f}s · {rate:.1f} steps/s",
+                                      kind)
+            self.gallery.value = gallery_html(run)
+
+    def fail(self, text: str) -> None:
+        with hold(self.progress, self.rate):
+            self.progress.bar_style = "danger"
+            self.rate.value = message(text, "error")
+
+
+def gallery_html(run) -> str:
+    cells = "".join(
+        f'<figure class="sdw-gallery-item" style="margin:4px;display:inline-block;text-align:center">'
+        f'<img src="{data_url(im, GALLERY_SIZE)}" width="{GALLERY_SIZE}" style="image-rendering:pixelated"'
+        f' title="seed {seed}"/><figcaption style="font-size:11px">seed {seed}</figcaption></figure>'
+        for im, seed in zip(run.images, run.seeds))
+    caption = f'<div style="font-family:monospace;font-size:11px">{html.escape(run.caption())}</div>'
+    return f'<div class="sdw-gallery">{cells}{caption}</div>'
