@@ -161,14 +161,15 @@ class Session:
         """Use ControlNet `source` (folder or hub id) for controls of `kind` with `model`."""
         self._controlnet_sources[(self.resolve(model).key, kind)] = source
 
-    def _controlnet_source(self, ref: ModelRef, kind: str, pipe=None) -> str | None:
+    def _controlnet_source(self, ref: ModelRef, kind: str, family: str | None = None) -> str | None:
+        """Registered source, else the builtin model's own folder, else the hub default for the family."""
         if (ref.key, kind) in self._controlnet_sources:
             return self._controlnet_sources[(ref.key, kind)]
         assets = builtin_assets(ref)
         if assets is not None:
             folder = assets / f"controlnet-{kind}"
             return str(folder) if folder.is_dir() else None
-        return HUB_CONTROLNETS.get((model_family(pipe), kind)) if pipe is not None else "hub"
+        return HUB_CONTROLNETS.get((family, kind))
 
     # ---- running ---------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -214,6 +215,8 @@ class Session:
                                  "(add one with session.load_lora(path, name))")
 
     def _check_controls(self, ref: ModelRef, params: GenerationParams) -> None:
+        if ref.kind != "builtin":
+            return      # other models: checked once loaded, when their family (SD1/SDXL) is known
         for control in params.controls:
             if self._controlnet_source(ref, control.kind) is None:
                 raise ParamError(f"controls: no {control.kind!r} ControlNet for model {ref.name!r}; "
@@ -302,7 +305,7 @@ class Session:
         if kind not in loaded.controlnets:
             import diffusers
 
-            source = self._controlnet_source(loaded.ref, kind, loaded.pipe)
+            source = self._controlnet_source(loaded.ref, kind, model_family(loaded.pipe))
             if source is None:
                 raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r}")
             net = diffusers.ControlNetModel.from_pretrained(source, **dtype_kwargs(self.dtype))
