@@ -83,7 +83,7 @@ def resolve_run_id(log, text: str) -> str:
 
 @command("help", "help [COMMAND]")
 def cmd_help(magic, args):
-    """This help; `%sd help COMMAND` for one command, `%%sd --help` for the generation options."""
+    """This help; `%sd help COMMAND` for one command, `%sd help sd` for the %%sd options."""
     from .magics import PARSER
 
     if args:
@@ -97,7 +97,7 @@ def cmd_help(magic, args):
         print(f"%sd {cmd.usage}\n\n{(cmd.fn.__doc__ or '').strip()}")
         return None
     width = max(len(c.usage) for c in COMMANDS.values())
-    lines = ["%%sd [options]  (cell magic: the cell is the prompt; %%sd --help lists the options)", ""]
+    lines = ["%%sd [options]  (cell magic: the cell is the prompt; `%sd help sd` lists the options)", ""]
     lines += [f"%sd {c.usage.ljust(width)}  {c.summary}" for c in COMMANDS.values()]
     lines += ["", "Settings: %sd config, or %config SDMagic.<name> = value"]
     print("\n".join(lines))
@@ -291,7 +291,8 @@ def cmd_controls(magic, args):
     for kind, (detector, needs_weights, options) in PREPROCESSORS.items():
         # Session._controlnet_source is the one place that knows (registered, bundled, hub)
         source = session._controlnet_source(ref, kind) if ref is not None else None
-        rows.append({"kind": kind, "controlnet": "hub (downloads on first use)" if source == "hub" else source or "none",
+        source = "hub (downloads on first use)" if source == "hub" else source or "none"
+        rows.append({"kind": kind, "controlnet": source,
                      "preprocessor": detector + (" (downloads annotator weights)" if needs_weights else ""),
                      "options": ", ".join(f"{k}={v}" for k, v in options.items())})
     return pd.DataFrame(rows).set_index("kind")

@@ -29,7 +29,7 @@ from IPython.utils.text import FullEvalFormatter
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from .errors import ParamError, SDWidgetsError
-from .sweep import Axis, SweepResult, cells, parse_axes, parse_size
+from .sweep import SweepResult, cells, parse_axes, parse_size
 
 # ---- {name} expansion -----------------------------------------------------------------------
 
@@ -73,7 +73,8 @@ def template_fields(text: str) -> dict[str, set[str]]:
         try:
             tree = ast.parse(expr.strip(), mode="eval")
         except SyntaxError:
-            raise ParamError(f"prompt: {{{expr}}} is not a Python expression; write {{{{ and }}}} for literal braces") from None
+            raise ParamError(f"prompt: {{{expr}}} is not a Python expression; "
+                             "write {{ and }} for literal braces") from None
         bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         fields[expr] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
     return fields
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ControlNet condition; IMAGE is a path or a variable name (repeatable)")
     add("--init", metavar="IMAGE", help="init image (image-to-image): a path or a variable name")
     add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
-    add("-o", "--out", type=_typed(_identifier, "a Python identifier"), help="store the Run (a sweep: its list of runs) under this name")
+    add("-o", "--out", type=_typed(_identifier, "a Python identifier"),
+        help="store the Run (a sweep: its list of runs) under this name")
     add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")
     add("--every", type=_typed(_positive, "a positive integer"), help="record a preview every k steps")
     add("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
@@ -238,7 +240,8 @@ def parse_control(text: str, namespace: dict):
 
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
-        raise ParamError(f"--control: expected KIND:IMAGE[:SCALE] with KIND one of {', '.join(PREPROCESSORS)}, got {text!r}")
+        raise ParamError(f"--control: expected KIND:IMAGE[:SCALE] with KIND one of {', '.join(PREPROCESSORS)}, "
+                         f"got {text!r}")
     if kind not in PREPROCESSORS:
         raise ParamError(f"--control: unknown kind {kind!r}; choose one of: {', '.join(PREPROCESSORS)}")
     image, sep, scale_text = rest.rpartition(":")
@@ -304,11 +307,13 @@ class SDMagic(Magics):
     sampler = Unicode(None, allow_none=True, help="default --sampler (None: the model's own)").tag(config=True)
     size = Unicode(None, allow_none=True, help="default --size WxH (None: the model's native size)").tag(config=True)
     negative = Unicode("", help="default negative prompt").tag(config=True)
-    model = Unicode(None, allow_none=True, help="model for %%sd when no --model (None: the session's default)").tag(config=True)
+    model = Unicode(None, allow_none=True,
+                    help="model for %%sd when no --model (None: the session's default)").tag(config=True)
     preview = Bool(True, help="show a live preview while generating").tag(config=True)
     preview_every = Int(1, min=1, help="record a preview every k steps (--every)").tag(config=True)
     preview_interval = Float(0.2, min=0.0, help="minimum seconds between live preview updates").tag(config=True)
-    preview_size = Int(256, min=16, help="tiny previews are upscaled (nearest) to at least this many pixels").tag(config=True)
+    preview_size = Int(256, min=16,
+                       help="tiny previews are upscaled (nearest) to at least this many pixels").tag(config=True)
     grid_cell_size = Int(160, min=16, help="minimum pixels of one cell of a sweep grid").tag(config=True)
     progress = Bool(True, help="show a tqdm progress bar (replaces the pipeline's own bar)").tag(config=True)
     max_runs = Int(64, min=1, help="largest sweep (runs) a cell may start").tag(config=True)
@@ -339,7 +344,7 @@ class SDMagic(Magics):
     @no_var_expand
     @cell_magic("sd")
     def sd(self, line: str, cell: str):
-        """Generate images from the cell's prompt. `%%sd --help` lists the options."""
+        """Generate images from the cell's prompt. `%sd help sd` lists the options."""
         try:
             plan = self.plan(line, cell)
             if plan is None:
@@ -385,8 +390,8 @@ class SDMagic(Magics):
             settings, prompt, negative = parse_infotext(text)
             pasted = pasted_settings(settings)
             if pasted and not plan.notes:
-                plan.notes.append("using " + ", ".join(sorted(k for k in settings if k in
-                                  ("Steps", "CFG scale", "Seed", "Size", "Sampler"))) + " from the pasted parameters line")
+                used = sorted(k for k in settings if k in ("Steps", "CFG scale", "Seed", "Size", "Sampler"))
+                plan.notes.append(f"using {', '.join(used)} from the pasted parameters line")
             kwargs = {**defaults, **({"negative_prompt": negative} if negative else {}), **pasted, **explicit, **swept}
             if kwargs.get("seed") == -1:      # A1111's "random"
                 del kwargs["seed"]
@@ -461,6 +466,9 @@ class SDMagic(Magics):
                         break
             except KeyboardInterrupt:     # between two runs of a sweep; each finished run is logged
                 pass
+            except BaseException as exc:
+                view.fail(f"{type(exc).__name__}: {exc}")
+                raise
             finally:
                 view.close()
         if not runs:
@@ -483,9 +491,8 @@ class SDMagic(Magics):
             raise UsageError(f"%sd: {exc}") from None
         try:
             return dispatch(self, words)
-        except (SDWidgetsError, KeyError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise UsageError(f"%sd: {message}") from None
+        except SDWidgetsError as exc:
+            raise UsageError(f"%sd: {exc}") from None
 
 
 # ---- live display ---------------------------------------------------------------------------
@@ -565,6 +572,11 @@ class LiveView:
         text = " · ".join([*where, f"step {step}/{total}"])
         self.handle.update(_Frame(recorder.latest, text, self.size))
         self.last_update, self.updates = time.monotonic(), self.updates + 1
+
+    def fail(self, message: str) -> None:
+        """Replace a stale preview with the reason the cell stopped."""
+        if self.handle is not None:
+            self.handle.update(_Frame(None, f"stopped: {message}", self.size))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,6 +1,7 @@
 """%%sd and %sd in a real IPython InteractiveShell, on real pipelines and a real log folder."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,6 +271,16 @@ def test_no_preview_shows_only_the_result(ip, session):
     shown = sd(ip, "--steps 2 --no-preview")
     assert len(shown.outputs) == 1 and "sdw-run" in html_of(shown.outputs[0])
     assert not shown.outputs[0].update
+
+
+def test_one_progress_bar_for_the_cell_instead_of_one_per_pipeline_call(ip, session):
+    session.set_options(progress=True)
+    session.pipeline()                       # loading bars are not ours to judge
+    with capture_output() as out:
+        ip.run_cell_magic("sd", "--steps 3 --sweep cfg=2,4", PROMPT)
+    bars = [s.strip() for s in re.split(r"[\r\n]", out.stderr) if "|" in s]
+    assert bars and all(b.startswith("%%sd") for b in bars), bars
+    assert session.options.progress and len(session.log) == 2
 
 
 def test_ctrl_c_interrupts_cleanly_and_the_partial_run_is_logged(ip, session):
