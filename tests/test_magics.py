@@ -437,3 +437,34 @@ def test_controls_unload_and_dashboard(ip, session):
         with capture_output() as out:
             assert ip.run_line_magic("sd", "dashboard") is None
         assert any("application/vnd.jupyter.widget-view+json" in o.data for o in out.outputs)
+
+
+# ---- a real kernel -------------------------------------------------------------------------
+
+
+def test_in_a_real_kernel_the_preview_updates_in_place_and_one_result_remains(model, tmp_path):
+    pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    class Client(nbclient.NotebookClient):
+        updates = 0
+
+        def process_message(self, msg, cell, cell_index):
+            Client.updates += msg["msg_type"] == "update_display_data"
+            return super().process_message(msg, cell, cell_index)
+
+    nb = new_notebook(cells=[
+        new_code_cell("%load_ext sdwidgets\nimport sdwidgets as sdw\n"
+                      f"sdw.set_session(sdw.Session(log_dir='runs', model={model!r}, progress=False))"),
+        new_code_cell(f"%%sd --steps 4 --seed 1 --out r\n{PROMPT}"),
+        new_code_cell("print(r.run_id, r.status)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    Client(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    run_id, status = nb.cells[2].outputs[0]["text"].split()
+    results = [o for o in nb.cells[1].outputs if "text/html" in o.get("data", {})]
+    assert len(results) == 1 and run_id in results[0]["data"]["text/html"] and status == "ok"
+    assert not any(o["output_type"] == "error" for o in nb.cells[1].outputs)
+    assert Client.updates >= 2            # previews, then the Run, all into the same output
+    records = (tmp_path / "runs" / "records.jsonl").read_text().splitlines()
+    assert [json.loads(r)["run_id"] for r in records] == [run_id]
