@@ -7,7 +7,7 @@ from ..models import BUILTIN_MODELS
 from ..schedulers import SAMPLER_NAMES
 from .base import Panel, hold, message
 
-SIZES = [("native", None), ("64", 64), ("128", 128), ("256", 256), ("512", 512), ("768", 768), ("1024", 1024)]
+SIZES = [("native", 0), ("64", 64), ("128", 128), ("256", 256), ("512", 512), ("768", 768), ("1024", 1024)]
 _wide = W.Layout(width="100%")
 _style = {"description_width": "80px"}
 
@@ -28,11 +28,12 @@ class PromptPanel(Panel):
         self.steps = W.IntSlider(value=steps, min=1, max=150, description="Steps", style=_style, layout=_wide)
         self.guidance_scale = W.FloatSlider(value=guidance_scale, min=0.0, max=20.0, step=0.5, description="CFG",
                                             style=_style, layout=_wide)
-        self.width = W.Dropdown(options=SIZES, value=None, description="Width", style=_style,
+        # ipywidgets shows a None value as an empty box: 0 / "" stand for "model default" here
+        self.width = W.Dropdown(options=SIZES, value=0, description="Width", style=_style,
                                 layout=W.Layout(width="170px"))
-        self.height = W.Dropdown(options=SIZES, value=None, description="Height", style=_style,
+        self.height = W.Dropdown(options=SIZES, value=0, description="Height", style=_style,
                                  layout=W.Layout(width="170px"))
-        self.scheduler = W.Dropdown(options=[("model default", None)] + [(n, n) for n in SAMPLER_NAMES], value=None,
+        self.scheduler = W.Dropdown(options=[("model default", "")] + [(n, n) for n in SAMPLER_NAMES], value="",
                                     description="Sampler", style=_style)
         self.num_images = W.BoundedIntText(value=1, min=1, max=16, description="Images", style=_style,
                                            layout=W.Layout(width="170px"))
@@ -58,8 +59,8 @@ class PromptPanel(Panel):
         """Keyword arguments for Session.generate (without LoRAs and controls)."""
         return dict(prompt=self.prompt.value, negative_prompt=self.negative_prompt.value,
                     seed=None if self.random_seed.value else self.seed.value, steps=self.steps.value,
-                    guidance_scale=self.guidance_scale.value, width=self.width.value, height=self.height.value,
-                    scheduler=self.scheduler.value, num_images=self.num_images.value,
+                    guidance_scale=self.guidance_scale.value, width=self.width.value or None,
+                    height=self.height.value or None, scheduler=self.scheduler.value or None, num_images=self.num_images.value,
                     model=self.model.value.strip() or None)
 
     def fill(self, params) -> None:
@@ -74,11 +75,11 @@ class PromptPanel(Panel):
             self.steps.value = params.steps
             self.guidance_scale.max = max(self.guidance_scale.max, params.guidance_scale)
             self.guidance_scale.value = params.guidance_scale
-            for widget, value in ((self.width, params.width), (self.height, params.height)):
+            for widget, value in ((self.width, params.width or 0), (self.height, params.height or 0)):
                 if value not in [v for _, v in widget.options]:
-                    widget.options = sorted(widget.options + ((str(value), value),), key=lambda o: o[1] or 0)
+                    widget.options = sorted(widget.options + ((str(value), value),), key=lambda o: o[1])
                 widget.value = value
-            self.scheduler.value = params.scheduler if params.scheduler in SAMPLER_NAMES else None
+            self.scheduler.value = params.scheduler if params.scheduler in SAMPLER_NAMES else ""
             self.num_images.value = params.num_images
             self.model.value = params.model or ""
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipywidgets as W
 
-from .base import PREVIEW_SIZE, Panel, hold, image_value, image_widget
+from .base import PREVIEW_SIZE, Panel, image_value, image_widget
 
 
 class StepScrubber(Panel):
@@ -12,19 +12,21 @@ class StepScrubber(Panel):
     def __init__(self, size: int = PREVIEW_SIZE, interval_ms: int = 150):
         super().__init__()
         self.image = image_widget(size)
-        self.slider = W.IntSlider(value=0, min=0, max=0, description="Step", disabled=True,
-                                  readout=False, layout=W.Layout(width=f"{size + 60}px"))
-        self.play = W.Play(value=0, min=0, max=0, interval=interval_ms, disabled=True)
+        # max 0 until a run is loaded: nothing to scrub
+        self.slider = W.IntSlider(value=0, min=0, max=0, description="Step", readout=False, layout=W.Layout(width=f"{size + 60}px"))
+        self.play = W.Play(value=0, min=0, max=0, interval=interval_ms)
         # Play drives the slider in the browser, no round trip through the kernel per frame.
         self.link = W.jslink((self.play, "value"), (self.slider, "value"))
         self.view = W.ToggleButtons(options=[("predicted clean (x0)", "x0"), ("noisy latent", "noisy")],
-                                    value="x0", style={"button_width": "140px"})
+                                    value="x0", style={"button_width": "170px"})
         self.info = W.HTML(value="")
+        self.info.add_class("sdw-scrubber-info")
         self.run = None
         self._cache: dict = {}
         self.observe(self.slider, self._render)
         self.observe(self.view, self._render)
         self.root = W.VBox([W.HBox([self.play, self.slider]), self.view, self.image, self.info])
+        self.root.add_class("sdw-scrubber")
 
     @property
     def frames(self) -> list:
@@ -37,23 +39,18 @@ class StepScrubber(Panel):
         """Load a run's step previews (any thread); shows the last step."""
         self.run, self._cache = run, {}
         count = len(run.frames or run.noisy_frames)
-        with hold(self.slider, self.play):
-            last = max(0, count - 1)
-            for widget in (self.slider, self.play):
-                widget.max = last
-                widget.disabled = count == 0
-            if self.slider.value == last:
-                self._render()
-            self.slider.value = last
-            self.play.value = last
+        last = max(0, count - 1)
+        # max and value go in separate messages: a browser slider that gets both at once keeps its old value
+        self.slider.max = self.play.max = last
+        if self.slider.value == last:
+            self._render()
+        self.slider.value = self.play.value = last
 
     def clear(self) -> None:
         self.run, self._cache = None, {}
-        with hold(self.slider, self.play):
-            self.slider.value = self.play.value = 0
-            self.slider.max = self.play.max = 0
-            self.slider.disabled = self.play.disabled = True
-            self.info.value = ""
+        self.slider.value = self.play.value = 0
+        self.slider.max = self.play.max = 0
+        self.info.value = ""
 
     def close(self) -> None:
         self.link.close()
