@@ -279,7 +279,7 @@ def cmd_controls(magic, args):
     """ControlNet kinds for --control KIND:IMAGE[:SCALE], and where each one's ControlNet comes from."""
     import pandas as pd
 
-    from .controlnet import PREPROCESSORS
+    from .controlnet import HUB_CONTROLNETS, PREPROCESSORS
 
     _arity("controls", args, 0, 0)
     session = magic.session
@@ -291,8 +291,9 @@ def cmd_controls(magic, args):
     for kind, (detector, needs_weights, options) in PREPROCESSORS.items():
         # Session._controlnet_source is the one place that knows (registered, bundled, hub)
         source = session._controlnet_source(ref, kind) if ref is not None else None
-        source = "hub (downloads on first use)" if source == "hub" else source or "none"
-        rows.append({"kind": kind, "controlnet": source,
+        if source is None and ref is not None and ref.kind != "builtin" and any(k == kind for _, k in HUB_CONTROLNETS):
+            source = "the hub's for the model's family (downloads on first use)"
+        rows.append({"kind": kind, "controlnet": source or "none",
                      "preprocessor": detector + (" (downloads annotator weights)" if needs_weights else ""),
                      "options": ", ".join(f"{k}={v}" for k, v in options.items())})
     return pd.DataFrame(rows).set_index("kind")

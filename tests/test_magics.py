@@ -370,6 +370,9 @@ def test_help_lists_every_command_and_explains_one(ip, session):
         ip.run_line_magic("sd", "help rerun")
         ip.run_line_magic("sd", "help sd")
     assert "template" in out.stdout and "--sweep" in out.stdout and "--control" in out.stdout
+    with capture_output() as out:
+        ip.run_cell_magic("sd", "-h", PROMPT)          # help instead of a run
+    assert "--num-images" in out.stdout and len(session.log) == 0
     with pytest.raises(UsageError, match="unknown command 'paint'; commands: help, model"):
         ip.run_line_magic("sd", "paint")
 
@@ -420,9 +423,11 @@ def test_log_show_rerun_compare(ip, session):
             ip.run_line_magic("sd", line)
 
 
-def test_controls_unload_and_dashboard(ip, session):
+def test_controls_unload_and_dashboard(ip, session, tmp_path):
+    session.register_controlnet("canny", str(tmp_path / "my-canny"))
     table = ip.run_line_magic("sd", "controls")
     assert list(table.index) == list(PREPROCESSORS)
+    assert table.loc["canny", "controlnet"] == str(tmp_path / "my-canny")
     sd(ip, "--steps 2")
     with capture_output() as out:
         ip.run_line_magic("sd", "unload")
