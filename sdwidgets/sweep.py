@@ -202,13 +202,17 @@ class SweepResult(list):
         state = "" if self.status == "ok" else f" · {self.status.upper()} ({len(self)}/{cols * rows} runs)"
         ids = f" · {self[0].run_id} … {self[-1].run_id}" if self else ""
         first = self[0] if self else None
-        detail = f" · {first.sampler} · {first.params.steps} steps" if first else ""
+        swept = {a.name for a in self.axes}
+        detail = "".join(text for name, text in (("sampler", f" · {first.sampler}"),
+                                                  ("steps", f" · {first.params.steps} steps")) if name not in swept) \
+            if first else ""
         return (f"sweep {names}: {len(self)} runs · {images} images{detail}"
                 f" · {sum(r.duration_s for r in self):.2f}s{ids}{state}")
 
     @staticmethod
-    def cell_label(run) -> str:
-        return f"seed {run.params.seed} · {run.duration_s:.2f}s" + ("" if run.status == "ok" else f" · {run.status}")
+    def cell_label(run, sep: str = " · ") -> str:
+        state = "" if run.status == "ok" else f"{sep}{run.status}"
+        return f"seed {run.params.seed}{sep}{run.duration_s:.2f}s{state}"
 
     @staticmethod
     def _picture(run):
@@ -258,11 +262,11 @@ class SweepResult(list):
         cw = max([p.width for row in scaled for p in row if p is not None] or [size])
         ch = max([p.height for row in scaled for p in row if p is not None] or [size])
         line = 14
-        top, left = line * 2, (8 * max(len(self.axes[1].label(v)) for v in self.axes[1].values) if
+        top, left = line * 2, (7 * max(len(self.axes[1].label(v)) for v in self.axes[1].values) + 8 if
                                len(self.axes) > 1 else 0)
         out = Image.new("RGB", (left + cols * (cw + pad), top + rows * (ch + line + pad)), "white")
         draw = ImageDraw.Draw(out)
-        draw.text((2, 2), " × ".join(a.name for a in self.axes), fill="black")
+        draw.text((2, 2), " x ".join(a.name for a in self.axes), fill="black")   # ASCII: PIL's default font
         for xi, v in enumerate(self.axes[0].values):
             draw.text((left + xi * (cw + pad) + 2, line), self.axes[0].label(v), fill="black")
         for yi in range(rows):
@@ -274,5 +278,5 @@ class SweepResult(list):
                 run = self.run_at(xi, yi)
                 if scaled[yi][xi] is not None:
                     out.paste(scaled[yi][xi], (x0, y0))
-                    draw.text((x0 + 2, y0 + ch + 1), self.cell_label(run), fill="black")
+                    draw.text((x0 + 2, y0 + ch + 1), self.cell_label(run, ", "), fill="black")
         return out
