@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import sdwidgets as sdw
+from conftest import EMBEDDED_READY
 from sdwidgets.widgets import ControlPanel, Dashboard, LivePreview, PromptBuilder
 from sdwidgets.widgets.base import image_value
 from sdwidgets.widgets.builder import compose
@@ -133,6 +134,7 @@ def test_stop_interrupts_the_run(dash, session):
     assert session.log.df["status"].iloc[-1] == "interrupted"
     assert "interrupted" in dash.prompt.status.value and not dash.prompt.generate.disabled
     dash.live.on_step = original
+    dash.prompt.steps.value = STEPS
     assert run_once(dash).status == "ok"      # the next run is unaffected
 
 
@@ -198,6 +200,41 @@ def test_controlnet_image_from_path_variable_and_last_generated(tmp_path):
         assert row.source.tobytes() == last.tobytes()
     finally:
         panel.close()
+
+
+def test_controls_from_the_panel_reach_the_run_and_the_log(tiny_session, tiny_controlnet):
+    tiny_session.register_controlnet("canny", tiny_controlnet)
+    d = Dashboard(session=tiny_session, steps=3)
+    try:
+        plain = run_once(d)
+        row = d.controlnet.add_control("canny")
+        row.use_last.click()                                      # "use this generated image"
+        assert row.source.tobytes() == plain.images[0].tobytes()
+        row.set_image(shapes_image())
+        row._option_widgets["low_threshold"].value = 5
+        row._option_widgets["high_threshold"].value = 20
+        row.scale.value = 0.8
+        controlled = run_once(d)
+        (control,) = controlled.params.controls
+        assert (control.kind, control.scale, control.options["low_threshold"]) == ("canny", 0.8, 5)
+        assert control.preview((64, 64)).tobytes() == row.preview_image.resize((64, 64)).tobytes()
+        assert json.loads(tiny_session.log.df["controls"].iloc[-1])[0]["options"]["high_threshold"] == 20
+        assert controlled.images[0].tobytes() != plain.images[0].tobytes()
+    finally:
+        d.close()
+
+
+@pytest.mark.skipif(not EMBEDDED_READY, reason="the bundled LoRA ships with the embedded model")
+def test_bundled_lora_is_listed(session):
+    d = Dashboard(session=session, steps=3)
+    try:
+        assert "ring" in d.lora.available.options
+        d.lora.available.value = "ring"
+        d.lora.add.click()
+        d.lora.rows["ring"].strength.value = 0.8
+        assert run_once(d).params.loras == (("ring", 0.8),)
+    finally:
+        d.close()
 
 
 # ---- LoRA -------------------------------------------------------------------------------------
