@@ -11,8 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_support import (chromium_page, dismiss_news, jupyterlab, keep, missing, open_and_run_notebook,
-                             write_notebook)
+from browser_support import (
+    chromium_page,
+    dismiss_news,
+    jupyterlab,
+    keep,
+    missing,
+    open_and_run_notebook,
+    write_notebook,
+)
 from conftest import EMBEDDED_READY
 
 ROOT = Path(__file__).parent.parent

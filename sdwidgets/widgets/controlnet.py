@@ -13,6 +13,8 @@ from .base import Panel, close_tree, image_value, image_widget, message, short_e
 THUMB = 128
 PREVIEW_MAX = 512          # the preview runs the preprocessor at most at this size
 _style = {"description_width": "70px"}
+# dropdown label -> Control(preprocess=...); None ("auto") would show as an empty dropdown in the browser
+PREPROCESS = {"auto": None, "run preprocessor": True, "use image as is": False}
 
 
 class ControlRow(Panel):
@@ -25,8 +27,8 @@ class ControlRow(Panel):
         self.kind = W.Dropdown(options=list(PREPROCESSORS), value=kind, description="Kind", style=_style,
                                layout=W.Layout(width="180px"))
         self.enabled = W.Checkbox(value=True, description="on", indent=False, layout=W.Layout(width="50px"))
-        self.preprocess = W.Dropdown(options=[("auto", None), ("run preprocessor", True), ("use image as is", False)],
-                                     value=None, description="Input", style=_style, layout=W.Layout(width="220px"))
+        self.preprocess = W.Dropdown(options=list(PREPROCESS), value="auto", description="Input", style=_style,
+                                     layout=W.Layout(width="220px"))
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="Upload")
         self.path = W.Text(placeholder="image path or notebook variable", layout=W.Layout(width="260px"))
         self.load = W.Button(description="Load", layout=W.Layout(width="60px"))
@@ -66,7 +68,7 @@ class ControlRow(Panel):
             return None
         start, end = self.span.value
         return Control(self.kind.value, self.source, scale=self.scale.value, start=start, end=end,
-                       preprocess=self.preprocess.value, **self.option_values())
+                       preprocess=PREPROCESS[self.preprocess.value], **self.option_values())
 
     def set_image(self, image) -> None:
         try:
@@ -83,7 +85,7 @@ class ControlRow(Panel):
             self.status.value = message("load an image to see its conditioning image")
             return
         try:
-            control = Control(self.kind.value, self.source, preprocess=self.preprocess.value, **self.option_values())
+            control = Control(self.kind.value, self.source, preprocess=PREPROCESS[self.preprocess.value], **self.option_values())
             w, h = self.source.size
             factor = min(1.0, PREVIEW_MAX / max(w, h))
             image = control.preview((max(8, int(w * factor)), max(8, int(h * factor))))
@@ -97,7 +99,7 @@ class ControlRow(Panel):
 
     # ---- handlers --------------------------------------------------------------------------
     def _build_options(self) -> None:
-        for name, widget in self._option_widgets.items():
+        for widget in self._option_widgets.values():
             widget.unobserve(self.update_preview, names="value")
             widget.close()
         self._option_widgets = {}

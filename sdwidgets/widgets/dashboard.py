@@ -10,7 +10,6 @@ import threading
 
 import ipywidgets as W
 
-from ..errors import ParamError
 from ..params import GenerationParams
 from .base import Panel, short_error
 from .builder import PromptBuilder
@@ -88,7 +87,7 @@ class Dashboard(Panel):
                 return False
             try:
                 params = params if params is not None else self.params()
-            except ParamError as exc:
+            except Exception as exc:  # noqa: BLE001 - ParamError above all: a message, never a dead widget
                 self._show_error(exc)
                 return False
             self._busy = True
@@ -142,7 +141,6 @@ class Dashboard(Panel):
         return self.last_run.images[0] if self.last_run is not None and self.last_run.images else None
 
     def close(self) -> None:
-        self.builder._listeners.clear()
         for panel in self.panels:
             panel.close()
         for widget in self._extra_widgets:
@@ -154,7 +152,7 @@ class Dashboard(Panel):
         run = None
         try:
             run = self.session.generate(params=params, tags=tags, on_step=self.live.on_step)
-        except Exception as exc:  # noqa: BLE001 - ParamError, a failed run (already logged), OOM: a message, not a dead widget
+        except Exception as exc:  # noqa: BLE001 - failed runs are logged; here: a message
             self.last_error = exc
             self.live.fail(short_error(exc))
             self._show_error(exc)

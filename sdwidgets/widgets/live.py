@@ -13,7 +13,7 @@ import time
 import ipywidgets as W
 
 from ..images import data_url
-from .base import PREVIEW_SIZE, Panel, hold, image_value, image_widget, message
+from .base import PREVIEW_SIZE, Panel, hold, image_value, image_widget, message, short_error
 
 GALLERY_SIZE = 192
 
@@ -29,6 +29,7 @@ class LivePreview(Panel):
         self.frames_shown = 0          # preview images sent to the browser during the current run
         self.steps_seen = 0            # steps reported during the current run
         self.images: list = []         # the last run's final images
+        self.error: Exception | None = None   # the last display error (the run is never stopped by one)
         self._lock = threading.Lock()
         self._num_images = 1
         self._index, self._count = 0, 0     # image being denoised, steps seen of it
@@ -50,7 +51,15 @@ class LivePreview(Panel):
             self.rate.value = message(f"0/{total_steps} steps")
 
     def on_step(self, recorder) -> None:
-        """StepRecorder listener (generating thread). Images of a batch are denoised one after another."""
+        """StepRecorder listener (generating thread). A display problem never stops the run."""
+        try:
+            self._on_step(recorder)
+        except Exception as exc:  # noqa: BLE001 - shown, and the run goes on
+            self.error = exc
+            self.rate.value = message(f"preview: {short_error(exc)}", "error")
+
+    def _on_step(self, recorder) -> None:
+        """Images of a batch are denoised one after another; recorder.image_index says which."""
         now = time.perf_counter()
         total, index = recorder.total_steps, getattr(recorder, "image_index", 0)
         with self._lock:
@@ -103,6 +112,6 @@ def gallery_html(run) -> str:
         f'<figure class="sdw-gallery-item" style="margin:4px;display:inline-block;text-align:center">'
         f'<img src="{data_url(im, GALLERY_SIZE)}" width="{GALLERY_SIZE}" style="image-rendering:pixelated"'
         f' title="seed {seed}"/><figcaption style="font-size:11px">seed {seed}</figcaption></figure>'
-        for im, seed in zip(run.images, run.seeds))
+        for im, seed in zip(run.images, run.seeds, strict=False))
     caption = f'<div style="font-family:monospace;font-size:11px">{html.escape(run.caption())}</div>'
     return f'<div class="sdw-gallery">{cells}{caption}</div>'

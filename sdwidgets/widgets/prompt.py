@@ -60,8 +60,8 @@ class PromptPanel(Panel):
         return dict(prompt=self.prompt.value, negative_prompt=self.negative_prompt.value,
                     seed=None if self.random_seed.value else self.seed.value, steps=self.steps.value,
                     guidance_scale=self.guidance_scale.value, width=self.width.value or None,
-                    height=self.height.value or None, scheduler=self.scheduler.value or None, num_images=self.num_images.value,
-                    model=self.model.value.strip() or None)
+                    height=self.height.value or None, scheduler=self.scheduler.value or None,
+                    num_images=self.num_images.value, model=self.model.value.strip() or None)
 
     def fill(self, params) -> None:
         """Show a GenerationParams (e.g. a log row) in the fields."""

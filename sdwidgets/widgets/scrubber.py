@@ -13,7 +13,8 @@ class StepScrubber(Panel):
         super().__init__()
         self.image = image_widget(size)
         # max 0 until a run is loaded: nothing to scrub
-        self.slider = W.IntSlider(value=0, min=0, max=0, description="Step", readout=False, layout=W.Layout(width=f"{size + 60}px"))
+        self.slider = W.IntSlider(value=0, min=0, max=0, description="Step", readout=False,
+                                  layout=W.Layout(width=f"{size + 60}px"))
         self.play = W.Play(value=0, min=0, max=0, interval=interval_ms)
         # Play drives the slider in the browser, no round trip through the kernel per frame.
         self.link = W.jslink((self.play, "value"), (self.slider, "value"))
