@@ -26,8 +26,9 @@ COLUMNS = [
     "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "width", "height", "loras",
     "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype",
     "torch_version", "diffusers_version", "image_path", "image_sha256", "safety_checker", "nsfw",
-    "source", "prompt_template", "template_values", "error", "params",
+    "source", "prompt_template", "template_values", "tags", "error", "params",
 ]
+_TAG_COLUMNS = {"source": "source", "template": "prompt_template", "values": "template_values"}
 
 
 class ExperimentLog:
@@ -117,6 +118,8 @@ class ExperimentLog:
             "strength": params.strength, "duration_s": round(run.duration_s, 4), "error": run.error,
             "source": run.tags.get("source", "api"), "prompt_template": run.tags.get("template"),
             "template_values": json.dumps(run.tags["values"]) if "values" in run.tags else None,
+            # the other tags (rerun_of, sweep, ...) as JSON, so reruns and sweeps stay traceable
+            "tags": json.dumps({k: v for k, v in run.tags.items() if k not in _TAG_COLUMNS}, default=str),
             **context,
         }
         params_dict = params.to_dict()

@@ -111,13 +111,14 @@ class Session:
     def unload(self, model: str | None = None) -> bool:
         """Free a loaded model (all its pipelines). Returns whether anything was loaded."""
         loaded = self._models.pop(self.resolve(model).key, None)
+        was_loaded = loaded is not None
         del loaded
         gc.collect()
         if self._device and self._device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
-        return True
+        return was_loaded
 
     @property
     def loaded_models(self) -> list[str]:
@@ -160,6 +161,12 @@ class Session:
     def register_controlnet(self, kind: str, source: str, model: str | None = None) -> None:
         """Use ControlNet `source` (folder or hub id) for controls of `kind` with `model`."""
         self._controlnet_sources[(self.resolve(model).key, kind)] = source
+
+    def controlnet_source(self, kind: str, model: str | None = None) -> str | None:
+        """Where the `kind` ControlNet for `model` comes from (None: none known before loading)."""
+        ref = self.resolve(model)
+        family = model_family(self._models[ref.key].pipe) if ref.key in self._models else None
+        return self._controlnet_source(ref, kind, family)
 
     def _controlnet_source(self, ref: ModelRef, kind: str, family: str | None = None) -> str | None:
         """Registered source, else the builtin model's own folder, else the hub default for the family."""

@@ -1,8 +1,13 @@
 """Shared fixtures: real pipelines, real files. Nothing here downloads."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# One torch thread per test process: the small models gain nothing from two on this 2-core
+# machine, and kernels/servers started by tests inherit it (no oversubscription).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

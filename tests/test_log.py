@@ -65,6 +65,7 @@ def test_rerun_is_bit_identical_and_logged(session):
     assert again.run_id != run.run_id
     for a, b in zip(run.images, again.images):
         assert np.array_equal(pixels(a), pixels(b))
+    assert json.loads(session.log.df["tags"].iloc[-1]) == {"rerun_of": run.run_id}
     rows = session.log.df.groupby("run_id")["image_sha256"].apply(list)
     assert rows[run.run_id] == rows[again.run_id]
     one = session.log.rerun(run.run_id, image_index=1)
