@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_generate(args) -> int:
-    from .magics import parse_control, parse_lora, parse_size
+    from .magic_parse import parse_control, parse_lora
     from .session import Session
+    from .sweep import parse_size
 
     width, height = parse_size(args.size) if args.size else (None, None)
     s = Session(log_dir=args.log_dir, model=args.model)

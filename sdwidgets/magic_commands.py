@@ -84,7 +84,7 @@ def resolve_run_id(log, text: str) -> str:
 @command("help", "help [COMMAND]")
 def cmd_help(magic, args):
     """This help; `%sd help COMMAND` for one command, `%sd help sd` for the %%sd options."""
-    from .magics import PARSER
+    from .magic_parse import PARSER
 
     if args:
         name = args[0].lstrip("%")
@@ -202,7 +202,8 @@ def cmd_rerun(magic, args):
     NAME=VALUE changes one thing: a {variable} of the run's prompt template (the prompt is
     expanded again), or seed, steps, cfg, sampler, size, strength, negative.
     """
-    from .magics import Plan, expand
+    from .magic_parse import expand
+    from .magics import Plan
     from .params import parse_infotext
     from .sweep import ALIASES, PARAMS
 
@@ -289,8 +290,8 @@ def cmd_controls(magic, args):
         ref = None
     rows = []
     for kind, (detector, needs_weights, options) in PREPROCESSORS.items():
-        # Session._controlnet_source is the one place that knows (registered, bundled, hub)
-        source = session._controlnet_source(ref, kind) if ref is not None else None
+        # Session.controlnet_source is the one place that knows (registered, bundled, hub)
+        source = session.controlnet_source(kind, magic.model) if ref is not None else None
         if source is None and ref is not None and ref.kind != "builtin" and any(k == kind for _, k in HUB_CONTROLNETS):
             source = "the hub's for the model's family (downloads on first use)"
         rows.append({"kind": kind, "controlnet": source or "none",

@@ -1,0 +1,275 @@
+"""The `%%sd` option line and prompt templates: parsing only, no model work, no IPython display.
+
+`{name}` expansion from the notebook namespace (template_fields, expand), the argparse
+parser of the option line (PARSER, parse_line), the --lora / --control / --init values,
+and the settings of a pasted AUTOMATIC1111 parameters line (pasted_settings, which
+reuses sdwidgets.params for the A1111 field rules).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import shlex
+
+from IPython.utils.text import FullEvalFormatter
+
+from .errors import ParamError
+from .sweep import parse_size
+
+# ---- {name} expansion -----------------------------------------------------------------------
+
+
+class _RecordingFormatter(FullEvalFormatter):
+    """IPython's FullEvalFormatter (what `var_expand` builds on) that also records each field's value.
+
+    We call it directly instead of `shell.var_expand`, which returns the text unchanged on any
+    error (a missing variable would silently reach the model) and also expands `$name`.
+    """
+
+    def __init__(self):
+        self.values: dict = {}
+        self._field = None
+
+    def parse(self, format_string):
+        for literal, name, spec, conversion in super().parse(format_string):
+            self._field = f"{name}:{spec}" if spec else name
+            yield literal, name, spec, conversion
+
+    def convert_field(self, value, conversion):
+        self.values[self._field] = value
+        return super().convert_field(value, conversion)
+
+
+def template_fields(text: str) -> dict[str, set[str]]:
+    """`{expr}` fields of a template -> the free variable names each one reads."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ParamError(f"prompt: {exc}; write {{{{ and }}}} for literal braces") from None
+    fields = {}
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        expr = f"{name}:{spec}" if spec else name
+        if not name.strip():
+            raise ParamError("prompt: empty {} field; write {{}} for literal braces")
+        try:
+            tree = ast.parse(expr.strip(), mode="eval")
+        except SyntaxError:
+            raise ParamError(f"prompt: {{{expr}}} is not a Python expression; "
+                             "write {{ and }} for literal braces") from None
+        bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        fields[expr] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+    return fields
+
+
+def expand(text: str, namespace: dict, where: str = "prompt") -> tuple[str, dict]:
+    """Replace `{expr}` from `namespace` (`{{` stays literal). Returns (text, {field: value}).
+
+    A name that is not defined is a ParamError naming it, never silently left in the prompt.
+    """
+    import builtins
+
+    fields = template_fields(text)
+    if not fields:
+        return text.replace("{{", "{").replace("}}", "}"), {}
+    for expr, names in fields.items():
+        missing = sorted(n for n in names if n not in namespace and not hasattr(builtins, n))
+        if missing:
+            raise ParamError(f"{where}: {{{expr}}} uses {', '.join(map(repr, missing))}, not defined in the notebook; "
+                             f"define it first, or write {{{{{expr}}}}} for literal braces")
+    formatter = _RecordingFormatter()
+    try:
+        result = formatter.vformat(text, args=[], kwargs=dict(namespace))
+    except Exception as exc:  # an expression that fails: show the user's error, briefly
+        raise ParamError(f"{where}: expanding {{{formatter._field}}} failed: {type(exc).__name__}: {exc}") from None
+    return result, {k: _jsonable(v) for k, v in formatter.values.items()}
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ---- the %%sd option line ---------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ParamError(message)
+
+
+def _typed(parse, accepted: str):
+    def convert(text):
+        try:
+            return parse(text)
+        except (ParamError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}") from None
+    convert.__name__ = accepted
+    return convert
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative(text):
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _sampler(text):
+    from .schedulers import check_sampler
+
+    try:
+        return check_sampler(text)
+    except ParamError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("scheduler: ")) from None
+
+
+def _size(text):
+    try:
+        return parse_size(text)
+    except ParamError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("size: ")) from None
+
+
+def _identifier(text):
+    if not text.isidentifier():
+        raise ValueError(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="%%sd", add_help=False, allow_abbrev=False,
+                description="Generate images; the cell body is the prompt (a 'Negative prompt:' line sets the "
+                            "negative prompt; {name} is replaced from the notebook).")
+    add = p.add_argument
+    add("--seed", type=_typed(int, "an integer (-1: random)"), help="seed of the first image (image i uses seed+i)")
+    add("--steps", type=_typed(_positive, "a positive integer"), help="denoising steps")
+    add("--cfg", "--guidance-scale", dest="cfg", type=_typed(_non_negative, "a number >= 0"),
+        help="classifier-free guidance scale")
+    add("--size", type=_size, metavar="WxH", help="image size in pixels, multiples of 8 (default: the model's)")
+    add("--sampler", type=_sampler, help='A1111 sampler name, quoted: "Euler a", "DPM++ 2M Karras", ...')
+    add("-n", "--num-images", dest="num_images", type=_typed(_positive, "a positive integer"), help="images per run")
+    add("--model", help="builtin alias, diffusers folder, .safetensors file or hub id")
+    add("--negative", help="negative prompt (overrides a 'Negative prompt:' line)")
+    add("--lora", action="append", default=[], metavar="NAME[:STRENGTH]", help="use a LoRA (repeatable)")
+    add("--control", action="append", default=[], metavar="KIND:IMAGE[:SCALE]",
+        help="ControlNet condition; IMAGE is a path or a variable name (repeatable)")
+    add("--init", metavar="IMAGE", help="init image (image-to-image): a path or a variable name")
+    add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
+    add("-o", "--out", type=_typed(_identifier, "a Python identifier"),
+        help="store the Run (a sweep: its list of runs) under this name")
+    add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")
+    add("--every", type=_typed(_positive, "a positive integer"), help="record a preview every k steps")
+    add("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+        help="run once per value; one sweep makes a row, two a grid (seed=1..8, cfg=3,5,7, "
+             'sampler="Euler a","DDIM", lora:NAME=0,0.5,1, or a {variable} of the prompt)')
+    add("-h", "--help", action="store_true", help="show this help")
+    return p
+
+
+PARSER = build_parser()
+OPTIONS = sorted({s for a in PARSER._actions for s in a.option_strings if s.startswith("--")})
+
+
+def parse_line(line: str, namespace: dict) -> argparse.Namespace:
+    """shlex-split, expand `{name}` in each word, parse; ParamError on anything unknown or malformed."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise ParamError(f"cannot split the option line ({exc}); check the quotes") from None
+    words = [expand(w, namespace, where="options")[0] for w in words]
+    args, extra = PARSER.parse_known_args(words)
+    if extra:
+        unknown = next((w for w in extra if w.startswith("-")), extra[0])
+        what = "unknown option" if unknown.startswith("-") else "unexpected word"
+        raise ParamError(f"{what} {unknown!r} (the prompt goes in the cell body); options: {', '.join(OPTIONS)}")
+    return args
+
+
+def _image_ref(text: str, namespace: dict, option: str):
+    """A variable name from the notebook (PIL image or array), else a path."""
+    from pathlib import Path
+
+    if text.isidentifier() and text in namespace:
+        return namespace[text]
+    if text.isidentifier() and not Path(text).exists():
+        raise ParamError(f"{option}: {text!r} is neither a variable in the notebook nor an image file")
+    return text
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    name, sep, strength = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(strength)
+    except ValueError:
+        raise ParamError(f"--lora: expected NAME[:STRENGTH] with a number, got {text!r}") from None
+
+
+def parse_control(text: str, namespace: dict):
+    from .controlnet import PREPROCESSORS, Control
+
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ParamError(f"--control: expected KIND:IMAGE[:SCALE] with KIND one of {', '.join(PREPROCESSORS)}, "
+                         f"got {text!r}")
+    if kind not in PREPROCESSORS:
+        raise ParamError(f"--control: unknown kind {kind!r}; choose one of: {', '.join(PREPROCESSORS)}")
+    image, sep, scale_text = rest.rpartition(":")
+    scale = 1.0
+    if not sep:
+        image = rest
+    else:
+        try:
+            scale = float(scale_text)
+        except ValueError:     # no scale; the ':' belongs to the path
+            image = rest
+    return Control(kind, _image_ref(image, namespace, "--control"), scale=scale)
+
+
+# ---- a pasted A1111 parameters line ---------------------------------------------------------------
+
+# field of the 'Steps: 20, Sampler: ...' line -> the GenerationParams attributes it sets
+_PASTED_FIELDS = {"Steps": ("steps",), "CFG scale": ("guidance_scale",), "Seed": ("seed",),
+                  "Sampler": ("scheduler",), "Size": ("width", "height")}
+
+
+def pasted_settings(fields: dict) -> dict:
+    """generate() kwargs from the fields (params.parse_infotext) of a pasted A1111 parameters line.
+
+    Each field is read by GenerationParams.from_infotext, the one place that knows A1111's rules
+    (casts, 'WxH', "Schedule type: Karras"); a field it cannot read is left out, not an error.
+    """
+    from .params import GenerationParams
+
+    out = {}
+    for key, names in _PASTED_FIELDS.items():
+        if key not in fields:
+            continue
+        one = {"Steps": "20", key: fields[key]}           # from_infotext wants a Steps field
+        if key == "Sampler" and "Schedule type" in fields:
+            one["Schedule type"] = fields["Schedule type"]
+        line = ", ".join(f"{k}: {json.dumps(str(v))}" for k, v in one.items())
+        try:
+            params = GenerationParams.from_infotext(f"\n{line}")
+        except (ValueError, ParamError):
+            continue
+        values = [getattr(params, name) for name in names]
+        if None not in values:
+            out.update(zip(names, values))
+    return out
