@@ -61,14 +61,14 @@ class ExperimentLog:
             try:
                 self._records.append(json.loads(line))
             except json.JSONDecodeError:
-                warnings.warn(f"{self.path}: skipped a damaged record (line {number + 1} after offset {self._offset})")
+                warnings.warn(f"{self.path}: skipped a damaged record (line {number + 1} after offset {self._offset})", stacklevel=2)
         self._offset += len(data) - len(tail)
         if tail.strip():
             try:   # a complete last record that only lacks its newline
                 self._records.append(json.loads(tail))
                 self._offset += len(tail)
             except json.JSONDecodeError:
-                warnings.warn(f"{self.path}: skipped a torn last record ({len(tail)} bytes), probably from a crash")
+                warnings.warn(f"{self.path}: skipped a torn last record ({len(tail)} bytes), probably from a crash", stacklevel=2)
                 self._offset += len(tail)
         self._df = None
 

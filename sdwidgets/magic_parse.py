@@ -245,31 +245,16 @@ def parse_control(text: str, namespace: dict):
 # ---- a pasted A1111 parameters line ---------------------------------------------------------------
 
 # field of the 'Steps: 20, Sampler: ...' line -> the GenerationParams attributes it sets
-_PASTED_FIELDS = {"Steps": ("steps",), "CFG scale": ("guidance_scale",), "Seed": ("seed",),
-                  "Sampler": ("scheduler",), "Size": ("width", "height")}
+_PASTED = ("steps", "guidance_scale", "seed", "scheduler", "width", "height")
 
 
 def pasted_settings(fields: dict) -> dict:
     """generate() kwargs from the fields (params.parse_infotext) of a pasted A1111 parameters line.
 
-    Each field is read by GenerationParams.from_infotext, the one place that knows A1111's rules
-    (casts, 'WxH', "Schedule type: Karras"); a field it cannot read is left out, not an error.
+    params.infotext_settings is the one place that knows A1111's rules; a field it cannot
+    read is left out, not an error.
     """
-    from .params import GenerationParams
+    from .params import infotext_settings
 
-    out = {}
-    for key, names in _PASTED_FIELDS.items():
-        if key not in fields:
-            continue
-        one = {"Steps": "20", key: fields[key]}           # from_infotext wants a Steps field
-        if key == "Sampler" and "Schedule type" in fields:
-            one["Schedule type"] = fields["Schedule type"]
-        line = ", ".join(f"{k}: {json.dumps(str(v))}" for k, v in one.items())
-        try:
-            params = GenerationParams.from_infotext(f"\n{line}")
-        except (ValueError, ParamError):
-            continue
-        values = [getattr(params, name) for name in names]
-        if None not in values:
-            out.update(zip(names, values))
-    return out
+    settings = infotext_settings(fields)
+    return {k: settings[k] for k in _PASTED if k in settings}

@@ -231,27 +231,7 @@ class GenerationParams:
     def from_infotext(cls, text: str) -> "GenerationParams":
         """Parse A1111 'parameters' text (as written by A1111, Forge or us)."""
         fields, prompt, negative = parse_infotext(text)
-        size = fields.get("Size", "")
-        width, height = (int(v) for v in size.split("x")) if "x" in size else (None, None)
-        sampler = fields.get("Sampler")
-        if sampler and fields.get("Schedule type") == "Karras" and "Karras" not in sampler:
-            sampler = f"{sampler} Karras"   # A1111 >= 1.9 writes the schedule separately
-        loras = {}
-        for part in filter(None, (p.strip() for p in fields.get("Lora weights", "").split(","))):
-            name, _, strength = part.rpartition(":")
-            loras[name.strip()] = float(strength)
-        return cls(
-            prompt=prompt,
-            negative_prompt=negative,
-            seed=int(fields["Seed"]) if "Seed" in fields else None,
-            steps=int(fields.get("Steps", 20)),
-            guidance_scale=float(fields.get("CFG scale", 5.0)),
-            width=width,
-            height=height,
-            scheduler=sampler if sampler in SAMPLER_NAMES else None,
-            model=fields.get("Model"),
-            loras=loras,
-        )
+        return cls(prompt=prompt, negative_prompt=negative, **infotext_settings(fields))
 
     @classmethod
     def from_png(cls, path) -> "GenerationParams":
@@ -272,6 +252,36 @@ class GenerationParams:
         if INFOTEXT_KEY in text:
             return cls.from_infotext(text[INFOTEXT_KEY])
         raise ParamError(f"{path}: no generation parameters found (no '{INFOTEXT_KEY}' or '{JSON_KEY}' text chunk)")
+
+
+def infotext_settings(fields: dict) -> dict:
+    """GenerationParams keyword arguments from A1111 fields (see parse_infotext).
+
+    Lenient: a field that does not parse, or a sampler we do not know, is left out.
+    """
+    readers = {
+        "Seed": lambda v: {"seed": int(v)},
+        "Steps": lambda v: {"steps": int(v)},
+        "CFG scale": lambda v: {"guidance_scale": float(v)},
+        "Size": lambda v: dict(zip(("width", "height"), (int(x) for x in v.split("x", 1)))),
+        "Model": lambda v: {"model": v},
+        "Denoising strength": lambda v: {},     # only meaningful with the init image, which A1111 text lacks
+        "Lora weights": lambda v: {"loras": {name.strip(): float(strength) for name, _, strength in
+                                             (p.rpartition(":") for p in v.split(",") if p.strip())}},
+    }
+    settings = {}
+    for key, read in readers.items():
+        if key in fields:
+            try:
+                settings.update(read(fields[key]))
+            except ValueError:
+                pass
+    sampler = fields.get("Sampler")
+    if sampler and fields.get("Schedule type") == "Karras" and "Karras" not in sampler:
+        sampler = f"{sampler} Karras"   # A1111 >= 1.9 writes the schedule separately
+    if sampler in SAMPLER_NAMES:
+        settings["scheduler"] = sampler
+    return settings
 
 
 def _quote(value) -> str:
