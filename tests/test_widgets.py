@@ -56,9 +56,13 @@ def test_generate_click_runs_off_thread_and_fills_every_panel(dash, session):
     dash.prompt.num_images.value = 2
     dash.prompt.seed.value = 7
     before = len(session.log)
+    states = []
+    original = dash.live.on_step
+    dash.live.on_step = lambda rec: (states.append((dash.prompt.generate.disabled, dash.prompt.stop.disabled)),
+                                     original(rec))
     dash.prompt.generate.click()
-    assert dash.prompt.generate.disabled and not dash.prompt.stop.disabled   # disabled while it runs
     assert dash.wait(60) and dash.last_error is None, dash.prompt.status.value
+    assert states and set(states) == {(True, False)}       # Generate disabled, Stop enabled while it runs
     run = dash.last_run
     assert not dash.prompt.generate.disabled and dash.prompt.stop.disabled
     # live preview received frames as the run went, then the final image
