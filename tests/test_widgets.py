@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 import sdwidgets as sdw
 from sdwidgets.widgets import ControlPanel, Dashboard, LivePreview, PromptBuilder
-from sdwidgets.widgets.base import image_value
+from sdwidgets.widgets.base import blank_png, image_value
 from sdwidgets.widgets.builder import compose
 
 STEPS = 4
@@ -24,7 +24,8 @@ PNG = b"\x89PNG"
 
 
 def is_png(value) -> bool:
-    return bytes(value[:4]) == PNG
+    """A PNG, and not the blank placeholder an Image starts with."""
+    return bytes(value[:4]) == PNG and bytes(value) != blank_png()
 
 
 @pytest.fixture

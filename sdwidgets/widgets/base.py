@@ -65,8 +65,15 @@ def image_value(image, size: int = PREVIEW_SIZE) -> bytes:
     return png_bytes(upscale(image.convert("RGB"), size))
 
 
+def blank_png() -> bytes:
+    """A light grey placeholder (an Image with no value shows as a broken image in the browser)."""
+    from PIL import Image
+
+    return png_bytes(Image.new("RGB", (1, 1), (238, 238, 238)))
+
+
 def image_widget(size: int = PREVIEW_SIZE) -> W.Image:
-    return W.Image(format="png", width=size, height=size)
+    return W.Image(value=blank_png(), format="png", width=size, height=size)
 
 
 def message(text: str, kind: str = "info") -> str:

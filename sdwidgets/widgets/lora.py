@@ -61,6 +61,8 @@ class LoraPanel(Panel):
             self.status.value = message(short_error(exc), "error")
             return
         self.available.options = names
+        if self.available.value not in names:
+            self.available.value = names[0] if names else None
         self.status.value = "" if names else message("no LoRAs yet: load a .safetensors file or folder")
 
     def loras(self) -> dict:
