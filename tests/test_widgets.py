@@ -214,11 +214,13 @@ def test_controlnet_image_from_path_variable_and_last_generated(tmp_path):
 
 
 def test_controls_from_the_panel_reach_the_run_and_the_log(tiny_session, tiny_controlnet):
+    assert "no canny ControlNet" in ControlPanel(session=tiny_session).describe("canny")
     tiny_session.register_controlnet("canny", tiny_controlnet)
     d = Dashboard(session=tiny_session, steps=3)
     try:
         plain = run_once(d)
         row = d.controlnet.add_control("canny")
+        assert f"ControlNet: {Path(tiny_controlnet).name}" in row.net.value
         row.use_last.click()                                      # "use this generated image"
         assert row.source.tobytes() == plain.images[0].tobytes()
         row.set_image(shapes_image())

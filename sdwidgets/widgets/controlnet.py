@@ -3,6 +3,7 @@ with the conditioning image updated as the options move, before anything is gene
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import ipywidgets as W
 
@@ -20,9 +21,9 @@ PREPROCESS = {"auto": None, "run preprocessor": True, "use image as is": False}
 class ControlRow(Panel):
     """One control. `image_source()` (optional) returns the image for "use last generated"."""
 
-    def __init__(self, kind: str = "canny", image=None, image_source=None):
+    def __init__(self, kind: str = "canny", image=None, image_source=None, describe=None):
         super().__init__()
-        self.image_source = image_source
+        self.image_source, self.describe = image_source, describe
         self.source = None                      # the PIL image the control is made from
         self.kind = W.Dropdown(options=list(PREPROCESSORS), value=kind, description="Kind", style=_style,
                                layout=W.Layout(width="180px"))
@@ -40,6 +41,7 @@ class ControlRow(Panel):
         self.options = W.VBox()
         self.thumb, self.preview = image_widget(THUMB), image_widget(THUMB)
         self.status = W.HTML()
+        self.net = W.HTML()                     # which ControlNet the kind uses with the current model
         self.preview_image = None               # the last conditioning image shown
         self.preview_count = 0                  # conditioning images computed (tests, diagnostics)
         self.observe(self.kind, self._kind_changed)
@@ -50,11 +52,12 @@ class ControlRow(Panel):
         self._option_widgets: dict = {}
         self._build_options()
         self.root = W.VBox([
-            W.HBox([self.enabled, self.kind, self.preprocess, self.remove]),
+            W.HBox([self.enabled, self.kind, self.preprocess, self.remove, self.net]),
             W.HBox([self.upload, self.path, self.load, self.use_last]),
             W.HBox([W.VBox([W.Label("image"), self.thumb]), W.VBox([W.Label("conditioning"), self.preview]),
                     W.VBox([self.options, self.scale, self.span])]),
             self.status], layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px 0"))
+        self.update_net()
         if image is not None:
             self.set_image(image)
 
@@ -116,8 +119,12 @@ class ControlRow(Panel):
             self._option_widgets[name] = widget
         self.options.children = list(self._option_widgets.values())
 
+    def update_net(self) -> None:
+        self.net.value = self.describe(self.kind.value) if self.describe is not None else ""
+
     def _kind_changed(self, _change) -> None:
         self._build_options()
+        self.update_net()
         self.update_preview()
 
     def _uploaded(self, change) -> None:
@@ -147,16 +154,16 @@ class ControlRow(Panel):
     def close(self) -> None:
         for widget in self._option_widgets.values():
             widget.unobserve(self.update_preview, names="value")
-        self.image_source = None
+        self.image_source = self.describe = None
         super().close()
 
 
 class ControlPanel(Panel):
     """Several controls at once: `controls()` is the list for Session.generate(controls=...)."""
 
-    def __init__(self, image_source=None):
+    def __init__(self, image_source=None, session=None, model: str | None = None):
         super().__init__()
-        self.image_source = image_source
+        self.image_source, self.session, self.model = image_source, session, model
         self.rows: list[ControlRow] = []
         self.add = W.Button(description="Add control", icon="plus")
         self.box = W.VBox()
@@ -164,7 +171,7 @@ class ControlPanel(Panel):
         self.root = W.VBox([self.box, self.add])
 
     def add_control(self, kind: str = "canny", image=None) -> ControlRow:
-        row = ControlRow(kind, image, image_source=self.image_source)
+        row = ControlRow(kind, image, image_source=self.image_source, describe=self.describe)
         row.remove.on_click(self._remove_clicked)
         self.rows.append(row)
         self.box.children = [r.root for r in self.rows]
@@ -172,6 +179,24 @@ class ControlPanel(Panel):
 
     def controls(self) -> list:
         return [c for c in (row.control() for row in self.rows) if c is not None]
+
+    def set_model(self, model: str | None) -> None:
+        self.model = model
+        for row in self.rows:
+            row.update_net()
+
+    def describe(self, kind: str) -> str:
+        """Which ControlNet a `kind` control uses with the model (or why there is none)."""
+        if self.session is None:
+            return ""
+        try:
+            source = self.session.controlnet_source(kind, self.model)
+        except Exception as exc:  # noqa: BLE001 - e.g. a model name that does not resolve yet
+            return message(short_error(exc), "error")
+        if source is None:
+            return message(f"no {kind} ControlNet known for this model (session.register_controlnet({kind!r}, "
+                           "folder))", "error")
+        return message(f"ControlNet: {Path(source).name if Path(source).exists() else source}")
 
     def _add_clicked(self, _button) -> None:
         self.add_control()

@@ -7,6 +7,8 @@ second click while one is going starts nothing. Errors become a short message.
 from __future__ import annotations
 
 import threading
+import warnings
+from importlib.metadata import PackageNotFoundError, version
 
 import ipywidgets as W
 
@@ -28,6 +30,7 @@ class Dashboard(Panel):
     def __init__(self, session=None, *, prompt: str = "a red circle on a blue background", steps: int = 20,
                  min_interval: float = 0.1):
         super().__init__()
+        check_ipykernel()
         if session is None:
             from ..session import session as default_session
 
@@ -37,7 +40,7 @@ class Dashboard(Panel):
         self.builder = PromptBuilder()
         self.live = LivePreview(min_interval=min_interval)
         self.scrubber = StepScrubber()
-        self.controlnet = ControlPanel(image_source=self.last_image)
+        self.controlnet = ControlPanel(image_source=self.last_image, session=session)
         self.lora = LoraPanel(session)
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
@@ -180,7 +183,9 @@ class Dashboard(Panel):
         self.prompt.show("stopping after this step…")
 
     def _model_changed(self, change) -> None:
-        self.lora.refresh(change["new"].strip() or None)
+        model = change["new"].strip() or None
+        self.lora.refresh(model)
+        self.controlnet.set_model(model)
 
     def _composed(self, prompt: str, template: str, values: dict) -> None:
         self._template = (prompt, template, values) if template else None
@@ -195,3 +200,13 @@ class Dashboard(Panel):
 
     def _show_error(self, exc: BaseException) -> None:
         self.prompt.show(short_error(exc), "error")
+
+
+def check_ipykernel() -> None:
+    """ipykernel 7.0.0 dropped widget updates sent from other threads (fixed in 7.1): say so."""
+    try:
+        if version("ipykernel") == "7.0.0":
+            warnings.warn("ipykernel 7.0.0 does not deliver widget updates made on the generating thread; "
+                          "the live preview will not update. Upgrade: pip install 'ipykernel>=7.1'", stacklevel=3)
+    except PackageNotFoundError:
+        pass
