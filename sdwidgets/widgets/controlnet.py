@@ -88,7 +88,8 @@ class ControlRow(Panel):
             self.status.value = message("load an image to see its conditioning image")
             return
         try:
-            control = Control(self.kind.value, self.source, preprocess=PREPROCESS[self.preprocess.value], **self.option_values())
+            control = Control(self.kind.value, self.source, preprocess=PREPROCESS[self.preprocess.value],
+                              **self.option_values())
             w, h = self.source.size
             factor = min(1.0, PREVIEW_MAX / max(w, h))
             image = control.preview((max(8, int(w * factor)), max(8, int(h * factor))))
