@@ -97,21 +97,16 @@ def fit_latent_rgb(vae, images=None, n: int = 16, size: int = 64, seed: int = 0)
     import torch
     import torch.nn.functional as F
 
-    param = next(vae.parameters())
-    scale = vae.config.scaling_factor
-    shift = vae.config.get("shift_factor") or 0.0
-    with torch.no_grad():
-        if images is not None:
-            import numpy as np
+    from . import latents as L
 
-            x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
-            x = (x.to(param) / 127.5 - 1)
-            z = (vae.encode(x).latent_dist.mean - shift) * scale
-        else:
-            g = torch.Generator().manual_seed(seed)
-            f = 2 ** (len(vae.config.block_out_channels) - 1)
-            z = torch.randn(n, vae.config.latent_channels, size // f, size // f, generator=g).to(param)
-        decoded = vae.decode(z / scale + shift).sample.clamp(-1, 1)
+    if images is not None:
+        z = L.encode(vae, images)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        z = torch.randn(n, vae.config.latent_channels, size // f, size // f, generator=g).to(next(vae.parameters()))
+    decoded = L.decode(vae, z)
+    with torch.no_grad():
         target = F.adaptive_avg_pool2d(decoded.float(), z.shape[-2:])
         a = torch.cat([z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]),
                        torch.ones(z.numel() // z.shape[1], 1)], dim=1)
@@ -262,13 +257,6 @@ def _from_model_outputs(scheduler):
 
 def decode_latents(pipe, latents):
     """Exact previews: the VAE decode of model-space latents, as one PIL image (batch side by side)."""
-    import torch
+    from . import latents as L
 
-    vae = pipe.vae
-    shift = vae.config.get("shift_factor") or 0.0
-    with torch.no_grad():
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    from PIL import Image
-
-    return grid([Image.fromarray(p) for p in pixels], pad=0)
+    return grid(L.to_images(L.decode(pipe.vae, latents)), pad=0)

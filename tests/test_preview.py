@@ -5,6 +5,7 @@ import torch
 from conftest import EMBEDDED_READY
 from PIL import Image, ImageDraw
 
+from sdwidgets import latents
 from sdwidgets.images import grid
 from sdwidgets.preview import SD15_FACTORS, LatentRGB, _side_by_side, factors_for, fit_latent_rgb
 
@@ -16,9 +17,7 @@ def red_circle_on_blue(size=64):
 
 
 def encode(vae, image):
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    with torch.no_grad():
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    return latents.encode(vae, [image])
 
 
 def test_linear_map_shapes_and_range():
