@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing() is not None, rea
 
 
 def test_dashboard_generates_in_a_real_browser(tmp_path, model):
+    from playwright.sync_api import expect
+
     t0 = time.monotonic()
     root = tmp_path / "lab"
     root.mkdir()
@@ -47,11 +49,21 @@ def test_dashboard_generates_in_a_real_browser(tmp_path, model):
             dashboard = page.locator(".sdw-dashboard")
             dashboard.wait_for(timeout=90_000)
             generate = page.get_by_role("button", name="Generate")
+            # count the live preview's updates as the browser receives them (sent from the worker thread)
+            page.evaluate("""() => {
+                const img = document.querySelector('.sdw-live-image');
+                window.sdwFrames = 0;
+                new MutationObserver(() => { window.sdwFrames += 1; })
+                    .observe(img, {attributes: true, attributeFilter: ['src']});
+            }""")
             generate.click()
             # the final image arrives in the gallery (a trait set on the worker thread)
             page.wait_for_selector(".sdw-gallery img", timeout=90_000)
             page.wait_for_selector("text=steps/s", timeout=10_000)
-            assert generate.is_enabled()
+            expect(generate).to_be_enabled(timeout=30_000)        # re-enabled when the run is over
+            frames = page.evaluate("window.sdwFrames")
+            assert frames >= 2, f"the live preview changed {frames} times in the browser"
+            print(f"live preview updates seen by the browser: {frames}")
             assert page.get_by_text("seed 1", exact=False).count() > 0
             # the step scrubber: Play drives the slider in the browser (jslink), the kernel renders each step
             info = dashboard.locator(".sdw-scrubber-info")

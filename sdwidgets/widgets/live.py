@@ -23,6 +23,7 @@ class LivePreview(Panel):
         super().__init__()
         self.min_interval = min_interval
         self.image = image_widget(size)
+        self.image.add_class("sdw-live-image")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width=f"{size}px"))
         self.rate = W.HTML(value="")
         self.gallery = W.HTML(value="")
