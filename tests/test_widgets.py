@@ -367,9 +367,13 @@ def test_explainer_noises_in_latent_and_pixel_space(session):
 
 # ---- lifecycle ----------------------------------------------------------------------------------
 def test_default_session_and_close_releases_everything(session):
+    from ipywidgets.widgets.widget import _instances  # ipywidgets' registry of open widget models
+
     from sdwidgets.session import session as default_session
 
+    open_before = len(_instances)
     d = Dashboard()
+    d.controlnet.add_control("canny", shapes_image())
     assert d.session is default_session() is session
     mimebundle = d._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in mimebundle
@@ -378,6 +382,7 @@ def test_default_session_and_close_releases_everything(session):
     assert all(w.comm is None for w in widgets)
     assert all(not p._observed for p in d.panels)
     assert not d.prompt.generate._click_handlers.callbacks
+    assert len(_instances) == open_before          # every model closed: layouts and styles too
 
 
 def test_live_preview_alone_accepts_a_recorder(session):

@@ -54,9 +54,13 @@ def hold(*widgets):
 
 
 def close_tree(widget) -> None:
-    """Close a widget and every widget inside it."""
+    """Close a widget, every widget inside it, and their Layout and Style models."""
     for child in getattr(widget, "children", ()) or ():
         close_tree(child)
+    for part in ("layout", "style"):
+        model = getattr(widget, part, None)
+        if isinstance(model, W.Widget):
+            model.close()
     widget.close()
 
 

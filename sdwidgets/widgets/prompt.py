@@ -8,7 +8,13 @@ from ..schedulers import SAMPLER_NAMES
 from .base import Panel, hold, message
 
 SIZES = [("native", 0), ("64", 64), ("128", 128), ("256", 256), ("512", 512), ("768", 768), ("1024", 1024)]
-_wide = W.Layout(width="100%")
+
+
+def _wide() -> W.Layout:
+    """A fresh Layout each time: a module-level Layout would be shared, and closed with the first panel."""
+    return W.Layout(width="100%")
+
+
 _style = {"description_width": "80px"}
 
 
@@ -18,16 +24,16 @@ class PromptPanel(Panel):
     def __init__(self, prompt: str = "", steps: int = 20, guidance_scale: float = 5.0):
         super().__init__()
         self.prompt = W.Textarea(value=prompt, placeholder="prompt", description="Prompt", rows=3,
-                                 layout=_wide, style=_style)
+                                 layout=_wide(), style=_style)
         self.negative_prompt = W.Textarea(placeholder="negative prompt", description="Negative", rows=2,
-                                          layout=_wide, style=_style)
+                                          layout=_wide(), style=_style)
         self.seed = W.IntText(value=1, description="Seed", style=_style, layout=W.Layout(width="200px"))
         self.random_seed = W.Checkbox(value=False, description="random", indent=False, layout=W.Layout(width="80px"))
         self.reuse_seed = W.Button(description="reuse last", tooltip="the seed of the last run",
                                    layout=W.Layout(width="90px"), disabled=True)
-        self.steps = W.IntSlider(value=steps, min=1, max=150, description="Steps", style=_style, layout=_wide)
+        self.steps = W.IntSlider(value=steps, min=1, max=150, description="Steps", style=_style, layout=_wide())
         self.guidance_scale = W.FloatSlider(value=guidance_scale, min=0.0, max=20.0, step=0.5, description="CFG",
-                                            style=_style, layout=_wide)
+                                            style=_style, layout=_wide())
         # ipywidgets shows a None value as an empty box: 0 / "" stand for "model default" here
         self.width = W.Dropdown(options=SIZES, value=0, description="Width", style=_style,
                                 layout=W.Layout(width="170px"))
