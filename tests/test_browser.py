@@ -48,6 +48,9 @@ def test_dashboard_generates_in_a_real_browser(tmp_path, model):
             open_and_run_notebook(page, url, "dashboard.ipynb")
             dashboard = page.locator(".sdw-dashboard")
             dashboard.wait_for(timeout=90_000)
+            images = dashboard.get_by_label("Images")
+            images.fill("4")
+            images.press("Enter")
             generate = page.get_by_role("button", name="Generate")
             # count the live preview's updates as the browser receives them (sent from the worker thread)
             page.evaluate("""() => {
@@ -59,6 +62,7 @@ def test_dashboard_generates_in_a_real_browser(tmp_path, model):
             generate.click()
             # the final image arrives in the gallery (a trait set on the worker thread)
             page.wait_for_selector(".sdw-gallery img", timeout=90_000)
+            assert dashboard.locator(".sdw-gallery img").count() == 4
             page.wait_for_selector("text=steps/s", timeout=10_000)
             expect(generate).to_be_enabled(timeout=30_000)        # re-enabled when the run is over
             frames = page.evaluate("window.sdwFrames")

@@ -67,7 +67,9 @@ class Dashboard(Panel):
         tabs = W.Tab(children=[self.scrubber.root, self.controlnet.root, self.lora.root, self.log.root,
                                self.explainer.root],
                      titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer"))
-        left = W.VBox([self.prompt.root, builder], layout=W.Layout(width="55%", padding="0 8px 0 0"))
+        left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
+                                                                   padding="0 8px 0 0"))
+        self.live.root.layout.flex = "1 1 auto"
         self.root = W.VBox([W.HBox([left, self.live.root]), tabs], layout=W.Layout(width="100%"))
         self.root.add_class("sdw-dashboard")
         self._extra_widgets = [builder, tabs]

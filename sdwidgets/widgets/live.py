@@ -109,9 +109,10 @@ class LivePreview(Panel):
 
 
 def gallery_html(run) -> str:
+    size = GALLERY_SIZE if len(run.images) <= 2 else GALLERY_SIZE * 2 // 3
     cells = "".join(
         f'<figure class="sdw-gallery-item" style="margin:4px;display:inline-block;text-align:center">'
-        f'<img src="{data_url(im, GALLERY_SIZE)}" width="{GALLERY_SIZE}" style="image-rendering:pixelated"'
+        f'<img src="{data_url(im, size)}" width="{size}" style="image-rendering:pixelated"'
         f' title="seed {seed}"/><figcaption style="font-size:11px">seed {seed}</figcaption></figure>'
         for im, seed in zip(run.images, run.seeds, strict=False))
     caption = f'<div style="font-family:monospace;font-size:11px">{html.escape(run.caption())}</div>'
