@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import EMBEDDED_READY
@@ -105,6 +106,26 @@ def test_step_scrubber_shows_every_step_and_links_play_in_the_browser(dash):
     assert bytes(s.image.value) == image_value(run.noisy_frames[1])
 
 
+def test_exact_previews_decode_each_step_and_scrub(dash):
+    assert [v for _, v in dash.scrubber.view.options] == ["x0", "noisy"]
+    dash.live.exact.value = True
+    dash.live.min_interval = 0
+    shown = []
+    original = dash.live.on_step
+    dash.live.on_step = lambda rec: (original(rec), shown.append(bytes(dash.live.image.value)))
+    run = run_once(dash)
+    assert sorted(run.decoded_frames) == run.steps                       # one VAE decode per step
+    decoded = {image_value(im) for im in run.decoded_frames.values()}
+    assert set(shown[1:]) <= decoded                                     # live: the newest decode
+    s = dash.scrubber
+    assert "decoded" in [v for _, v in s.view.options]
+    s.view.value = "decoded"
+    s.slider.value = 1
+    assert bytes(s.image.value) == image_value(run.decoded_frames[run.steps[1]])
+    last = np.asarray(run.decoded_frames[run.steps[-1]], float)
+    assert np.abs(last - np.asarray(run.images[0], float)).mean() < 2      # the last decode is the image
+
+
 def test_throttle_limits_browser_updates(session):
     d = Dashboard(session=session, steps=8, min_interval=3600)   # nothing but the first and the last step
     try:
@@ -172,12 +193,12 @@ def test_controlnet_preview_follows_the_threshold_sliders():
         row = panel.add_control("canny", shapes_image())
         first, count = row.preview.value, row.preview_count
         assert is_png(first) and is_png(row.thumb.value)
-        edges_high = (__import__("numpy").asarray(row.preview_image) > 0).sum()
+        edges_high = (np.asarray(row.preview_image) > 0).sum()
         row._option_widgets["low_threshold"].value = 5
         row._option_widgets["high_threshold"].value = 20
         assert row.preview_count == count + 2
         assert row.preview.value != first                      # the faint circle's edge appears
-        assert (__import__("numpy").asarray(row.preview_image) > 0).sum() > edges_high
+        assert (np.asarray(row.preview_image) > 0).sum() > edges_high
         control = panel.controls()[0]
         assert control.kind == "canny" and control.options == {"low_threshold": 5, "high_threshold": 20}
         row.scale.value, row.span.value = 0.6, (0.1, 0.8)
@@ -341,8 +362,6 @@ def test_prompt_builder_composes_the_prompt_and_logs_its_template(dash, session)
 
 # ---- explainer --------------------------------------------------------------------------------
 def test_explainer_noises_in_latent_and_pixel_space(session):
-    import numpy as np
-
     from sdwidgets import explain
     from sdwidgets.widgets.explainer import ExplainerPanel, example_image
 

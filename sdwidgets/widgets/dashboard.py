@@ -156,7 +156,8 @@ class Dashboard(Panel):
     def _work(self, params: GenerationParams, tags: dict) -> None:
         run = None
         try:
-            run = self.session.generate(params=params, tags=tags, on_step=self.live.on_step)
+            run = self.session.generate(params=params, tags=tags, on_step=self.live.on_step,
+                                        decode_every=self.live.decode_every())
         except Exception as exc:  # noqa: BLE001 - failed runs are logged; here: a message
             self.last_error = exc
             self.live.fail(short_error(exc))

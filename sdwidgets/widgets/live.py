@@ -27,6 +27,9 @@ class LivePreview(Panel):
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width=f"{size}px"))
         self.rate = W.HTML(value="")
         self.gallery = W.HTML(value="")
+        self.exact = W.Checkbox(value=False, indent=False, description="exact previews (VAE decode each step)",
+                                tooltip="the approximate latent preview costs microseconds; a VAE decode is exact "
+                                        "but slower on big models")
         self.frames_shown = 0          # preview images sent to the browser during the current run
         self.steps_seen = 0            # steps reported during the current run
         self.images: list = []         # the last run's final images
@@ -36,7 +39,7 @@ class LivePreview(Panel):
         self._index, self._count = 0, 0     # image being denoised, steps seen of it
         self._t0 = time.perf_counter()
         self._last_sent = float("-inf")
-        self.root = W.VBox([self.image, self.progress, self.rate, self.gallery])
+        self.root = W.VBox([self.image, self.progress, self.rate, self.exact, self.gallery])
 
     def start(self, total_steps: int, num_images: int = 1) -> None:
         """A run begins: reset the bar (called on the main thread before the run starts)."""
@@ -74,7 +77,8 @@ class LivePreview(Panel):
             self._last_sent = now
             self.frames_shown += 1
             images = max(self._num_images, index + 1)
-        latest = recorder.latest
+        latest = self._exact_frame(recorder, step) if self.exact.value else None
+        latest = latest if latest is not None else recorder.latest
         value = image_value(latest) if latest is not None else None
         done = index * total + min(step, total)
         rate = done / max(now - self._t0, 1e-9)
@@ -85,6 +89,17 @@ class LivePreview(Panel):
             self.progress.max = max(1, total * images)
             self.progress.value = min(done, self.progress.max)
             self.rate.value = message(f"{step}/{total} steps{of_image} · {rate:.1f} steps/s")
+
+    def decode_every(self) -> int | None:
+        """Session.generate(decode_every=...) for the current choice."""
+        return 1 if self.exact.value else None
+
+    @staticmethod
+    def _exact_frame(recorder, step: int):
+        """The newest VAE decode at or before `step` (the batch so far side by side), if any."""
+        decoded = recorder.decoded_frames
+        done = [k for k in decoded if k <= step]
+        return decoded[max(done)] if done else None
 
     def finish(self, run) -> None:
         """Show the run's final images (any thread)."""

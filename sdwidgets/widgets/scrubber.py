@@ -5,6 +5,8 @@ import ipywidgets as W
 
 from .base import PREVIEW_SIZE, Panel, image_value, image_widget
 
+VIEWS = [("predicted clean (x0)", "x0"), ("noisy latent", "noisy"), ("x0, VAE-decoded", "decoded")]
+
 
 class StepScrubber(Panel):
     """`show_run(run)` loads a run's frames; the slider (or Play) picks the step shown."""
@@ -18,8 +20,7 @@ class StepScrubber(Panel):
         self.play = W.Play(value=0, min=0, max=0, interval=interval_ms)
         # Play drives the slider in the browser, no round trip through the kernel per frame.
         self.link = W.jslink((self.play, "value"), (self.slider, "value"))
-        self.view = W.ToggleButtons(options=[("predicted clean (x0)", "x0"), ("noisy latent", "noisy")],
-                                    value="x0", style={"button_width": "170px"})
+        self.view = W.ToggleButtons(options=VIEWS[:2], value="x0", style={"button_width": "170px"})
         self.info = W.HTML(value="")
         self.info.add_class("sdw-scrubber-info")
         self.run = None
@@ -34,11 +35,15 @@ class StepScrubber(Panel):
         if self.run is None:
             return []
         x0, noisy = self.run.frames, self.run.noisy_frames
-        return (x0 or noisy) if self.view.value == "x0" else (noisy or x0)
+        if self.view.value == "decoded" and self.run.decoded_frames:
+            decoded = self.run.decoded_frames       # step -> image, for the steps that were decoded
+            return [decoded.get(step) for step in self.run.steps]
+        return (x0 or noisy) if self.view.value != "noisy" else (noisy or x0)
 
     def show_run(self, run) -> None:
         """Load a run's step previews (any thread); shows the last step."""
         self.run, self._cache = run, {}
+        self.view.options = VIEWS if run.decoded_frames else VIEWS[:2]   # keeps the value if still offered
         count = len(run.frames or run.noisy_frames)
         last = max(0, count - 1)
         # max and value go in separate messages: a browser slider that gets both at once keeps its old value
@@ -64,6 +69,9 @@ class StepScrubber(Panel):
             return
         i = min(self.slider.value, len(frames) - 1)
         key = (self.view.value, i)
+        if frames[i] is None:                     # a step without a VAE decode (decode_every > 1)
+            self.info.value = f"<i>step {self.run.steps[i]} was not decoded</i>"
+            return
         if key not in self._cache:
             self._cache[key] = image_value(frames[i])
         run = self.run
