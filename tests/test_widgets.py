@@ -258,15 +258,19 @@ def test_controls_from_the_panel_reach_the_run_and_the_log(tiny_session, tiny_co
         d.close()
 
 
-@pytest.mark.skipif(not EMBEDDED_READY, reason="the bundled LoRA ships with the embedded model")
-def test_bundled_lora_is_listed(session):
+@pytest.mark.skipif(not EMBEDDED_READY, reason="the bundled LoRA and ControlNet ship with the embedded model")
+def test_bundled_lora_and_controlnet_from_the_panels(session):
     d = Dashboard(session=session, steps=3)
     try:
         assert "ring" in d.lora.available.options
         d.lora.available.value = "ring"
         d.lora.add.click()
         d.lora.rows["ring"].strength.value = 0.8
-        assert run_once(d).params.loras == (("ring", 0.8),)
+        row = d.controlnet.add_control("canny", shapes_image())
+        assert "ControlNet: controlnet-canny" in row.net.value
+        run = run_once(d)
+        assert run.params.loras == (("ring", 0.8),) and run.params.controls[0].kind == "canny"
+        assert run.status == "ok" and run.images
     finally:
         d.close()
 
