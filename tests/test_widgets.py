@@ -377,13 +377,19 @@ def test_explainer_noises_in_latent_and_pixel_space(session):
     err = lambda im: np.abs(np.asarray(im, float) - np.asarray(image.resize(im.size), float)).mean()  # noqa: E731
     assert err(clean.pixel) < 5 < err(noisy.pixel)
     assert explain.curve_image(bars, 10).size == (256, 160)
-    panel = ExplainerPanel(session)
+    last = [None]
+    panel = ExplainerPanel(session, image_source=lambda: last[0])
     try:
         panel.show()
         assert "ᾱ" in panel.status.value and is_png(panel.latent.value)
         before = panel.pixel.value
         panel.t.value = 900
         assert panel.pixel.value != before and panel.last.t == 900
+        panel.source.value = "last"                   # nothing generated yet: a message
+        assert "no generated image yet" in panel.status.value
+        last[0] = shapes_image()
+        panel.go.click()
+        assert panel.source_image is last[0] and panel.last.t == 900
     finally:
         panel.close()
 

@@ -39,9 +39,9 @@ class ExplainerPanel(Panel):
         self.curve = W.Image(format="png", width=256, height=160)
         self.formula = W.HTML("x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1−ᾱ<sub>t</sub>) ε")
         self.status = W.HTML()
-        self._x0 = None
+        self._x0, self._bars = None, None
         self._uploaded_image = None
-        self.on_click(self.go, self.show)
+        self.on_click(self.go, self._show_clicked)
         for widget in (self.t, self.seed, self.source):
             self.observe(widget, self._changed)
         self.observe(self.upload, self._uploaded)
@@ -73,10 +73,9 @@ class ExplainerPanel(Panel):
         try:
             if self._x0 is None:
                 self.source_image = self._pick_image()
+                self._bars = explain.alpha_bars(self.session, self.model)
+                self.t.max = len(self._bars) - 1        # before _x0 is set: no nested show() from the t observer
                 self._x0 = explain.encode(self.session, self.source_image, self.model)
-                bars = explain.alpha_bars(self.session, self.model)
-                self._bars = bars
-                self.t.max = len(bars) - 1
                 self.original.value = image_value(self.source_image, SIZE)
             noised = explain.forward_noise(self.session, self.source_image, self.t.value, seed=self.seed.value,
                                            model=self.model, x0=self._x0)
@@ -90,6 +89,10 @@ class ExplainerPanel(Panel):
         self.status.value = message(f"t = {noised.t}: ᾱ = {ab:.4f}, √ᾱ = {ab ** 0.5:.3f} (signal), "
                                     f"√(1−ᾱ) = {(1 - ab) ** 0.5:.3f} (noise)")
         self.last = noised
+
+    def _show_clicked(self, _button) -> None:
+        self._x0 = None              # pick the image again (e.g. a newer "last generated")
+        self.show()
 
     def _changed(self, change) -> None:
         if change["owner"] is self.source:
