@@ -87,31 +87,37 @@ def _folder_of(pipe):
     return Path(path) if path and Path(path).is_dir() else None
 
 
-def fit_latent_rgb(vae, images=None, n: int = 16, size: int = 64, seed: int = 0) -> LatentRGB:
-    """Least-squares fit of latent -> RGB on the VAE's own decodes.
+def fit_latent_rgb(vae, images=None, latents=None, ridge: float = 0.03, n: int = 16, size: int = 64,
+                   seed: int = 0) -> LatentRGB:
+    """Ridge least-squares fit of latent -> RGB on the VAE's own decodes.
 
-    Latents are encoded from `images` (PIL list) when given, else drawn at random;
-    each is decoded and the decode is area-averaged down to latent resolution, then
-    `[latent, 1] @ W ~= rgb` is solved for W.
+    The latents are `latents` (model space, e.g. what the denoiser produced), or encoded
+    from `images`, or drawn at random; each is decoded, the decode is area-averaged down
+    to latent resolution, and `[latent, 1] @ W ~= rgb` is solved for W. `ridge` (relative
+    to the mean diagonal of the normal matrix) keeps W small: denoiser outputs sit off the
+    encoder's manifold, and an unregularised fit amplifies that into noise.
     """
     import torch
     import torch.nn.functional as F
 
     from . import latents as L
 
-    if images is not None:
+    if latents is not None:
+        z = latents
+    elif images is not None:
         z = L.encode(vae, images)
     else:
         g = torch.Generator().manual_seed(seed)
         f = 2 ** (len(vae.config.block_out_channels) - 1)
         z = torch.randn(n, vae.config.latent_channels, size // f, size // f, generator=g).to(next(vae.parameters()))
-    decoded = L.decode(vae, z)
-    with torch.no_grad():
-        target = F.adaptive_avg_pool2d(decoded.float(), z.shape[-2:])
-        a = torch.cat([z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]),
-                       torch.ones(z.numel() // z.shape[1], 1)], dim=1)
-        b = target.permute(0, 2, 3, 1).reshape(-1, 3)
-        w = torch.linalg.lstsq(a, b).solution
+    target = F.adaptive_avg_pool2d(L.decode(vae, z), z.shape[-2:])
+    a = torch.cat([z.detach().double().permute(0, 2, 3, 1).reshape(-1, z.shape[1]),
+                   torch.ones(z.numel() // z.shape[1], 1, dtype=torch.float64)], dim=1)
+    b = target.double().permute(0, 2, 3, 1).reshape(-1, 3)
+    normal = a.T @ a
+    penalty = ridge * normal.diagonal().mean() * torch.eye(a.shape[1], dtype=torch.float64)
+    penalty[-1, -1] = 0                      # the bias is not shrunk
+    w = torch.linalg.solve(normal + penalty, a.T @ b)
     return LatentRGB(w[:-1].tolist(), w[-1].tolist())
 
 
@@ -162,6 +168,10 @@ class StepRecorder:
         def step_and_capture(*args, **kwargs):
             out = step(*args, **kwargs)
             self._x0 = _predicted_x0(scheduler, out)
+            if self._x0 is None:    # e.g. PNDM/PLMS: derive x0 from the model output
+                names = ("model_output", "timestep", "sample")
+                inputs = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+                self._x0 = _x0_from_model_output(scheduler, **inputs)
             return out
 
         scheduler.step = step_and_capture
@@ -244,6 +254,20 @@ def _predicted_x0(scheduler, out):
         if value is not None:
             return value
     return _from_model_outputs(scheduler)
+
+
+def _x0_from_model_output(scheduler, model_output=None, timestep=None, sample=None):
+    """x0 for DDPM-style schedulers (unscaled samples): invert x_t = sqrt(a) x0 + sqrt(1 - a) eps."""
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None or model_output is None or sample is None or float(scheduler.init_noise_sigma) != 1.0:
+        return None   # sigma-scaled samplers (Euler, LMS, ...) return x0 themselves
+    a = alphas[int(timestep)].to(sample)
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return (sample - (1 - a).sqrt() * model_output) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * sample - (1 - a).sqrt() * model_output
+    return model_output if kind == "sample" else None
 
 
 def _from_model_outputs(scheduler):
