@@ -318,8 +318,9 @@ def test_lora_slider_applies_at_the_next_run_without_reloading(dash, session, tm
     dash.lora.rows["mine"].strength.value = 0.0
     assert dash.wait(60) and dash.last_run.params.loras == (("mine", 0.0),)
     assert dash.last_run.params.seed == second.params.seed and session.loads == loads and calls == []
-    dash.lora.rows["mine"].enabled.value = False
+    dash.lora.rows["mine"].enabled.value = False         # the on/off toggle regenerates too
     assert dash.lora.loras() == {}
+    assert dash.wait(60) and dash.last_run.params.loras == () and session.loads == loads
 
 
 # ---- log panel, prompt builder ----------------------------------------------------------------

@@ -73,6 +73,7 @@ class LoraPanel(Panel):
             return self.rows[name]
         row = LoraRow(name, strength, self.session.loras(self.model).get(name))
         row.strength.observe(self._strength_released, names="value")
+        row.enabled.observe(self._strength_released, names="value")    # on/off also regenerates when asked
         row.remove.on_click(self._remove_clicked)
         self.rows[name] = row
         self.box.children = [r.root for r in self.rows.values()]
@@ -114,6 +115,7 @@ class LoraPanel(Panel):
 
     def _release_row(self, row: LoraRow) -> None:
         row.strength.unobserve(self._strength_released, names="value")
+        row.enabled.unobserve(self._strength_released, names="value")
         row.remove.on_click(self._remove_clicked, remove=True)
         close_tree(row.root)
 
