@@ -1,0 +1,169 @@
+"""The embedded `shapes` model (issue 3): a fast subset of the evaluation, on real pipelines.
+
+The full evaluation (hundreds of prompts) is `python -m sdwidgets.training.shapes evaluate`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdwidgets.training import world
+from sdwidgets.training.analyse import analyse, blob_mask, iou
+
+ASSET = Path(__file__).resolve().parents[1] / "sdwidgets" / "assets" / "shapes"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(ASSET), torch_dtype=torch.float32,
+                                                safety_checker=None, requires_safety_checker=False)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _gen(pipe, prompts, seeds, **kw):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    kw.setdefault("guidance_scale", 7.5)
+    return pipe(prompts, num_inference_steps=20, generator=gens, **kw).images
+
+
+# ----------------------------------------------------------------------------- the folder
+def test_folder_is_a_diffusers_sd_pipeline_with_fp16_weights_under_20_mb():
+    from safetensors import safe_open
+
+    index = json.loads((ASSET / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for name in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
+        assert index[name][0] is not None, name
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    sched = json.loads((ASSET / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["beta_schedule"], sched["beta_start"], sched["beta_end"]) == ("scaled_linear", 0.00085, 0.012)
+    assert (sched["num_train_timesteps"], sched["prediction_type"], sched["steps_offset"]) == (1000, "epsilon", 1)
+    assert (ASSET / "tokenizer" / "vocab.json").exists() and (ASSET / "tokenizer" / "merges.txt").exists()
+    files = list(ASSET.rglob("*.safetensors"))
+    assert {f.relative_to(ASSET).parts[0] for f in files} >= {"vae", "unet", "text_encoder", "controlnet-canny", "loras"}
+    assert sum(f.stat().st_size for f in files) <= 20_000_000
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            k = next(iter(st.keys()))
+            assert st.get_tensor(k).dtype == torch.float16, f
+    pf = json.loads((ASSET / "preview_factors.json").read_text())
+    assert np.array(pf["factors"]).shape == (4, 3) and len(pf["bias"]) == 3
+    card = (ASSET / "README.md").read_text()
+    assert "MIT" in card and "Measured scores" in card
+
+
+def test_loads_in_float32_and_generates_native_64px_in_20_steps(pipe):
+    assert pipe.unet.dtype == torch.float32 and pipe.vae.config.latent_channels == 4
+    img = _gen(pipe, ["a red circle on a blue background"], [0])[0]
+    assert img.size == (64, 64)
+
+
+def test_preview_factors_approximate_the_decoder(pipe):
+    pf = json.loads((ASSET / "preview_factors.json").read_text())
+    x = world.to_tensor(np.stack([world.render(world.sample_scene(np.random.default_rng(i))) for i in range(4)]))
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    rgb = torch.einsum("bchw,cr->brhw", z, torch.tensor(pf["factors"])) + torch.tensor(pf["bias"])[:, None, None]
+    small = torch.nn.functional.adaptive_avg_pool2d(x, z.shape[-2:])
+    assert (rgb - small).abs().mean() < 0.25
+
+
+# ----------------------------------------------------------------------------- prompts
+def test_red_circle_on_blue_background(pipe):
+    imgs = _gen(pipe, ["a red circle on a blue background"] * 4, [1, 2, 3, 4])
+    readings = [analyse(im) for im in imgs]
+    assert sum(r.fg == "red" for r in readings) >= 3, readings
+    assert sum(r.bg == "blue" for r in readings) >= 3, readings
+    assert sum(r.shape == "circle" for r in readings) >= 3, readings
+
+
+def test_negative_prompt_red_reduces_red(pipe):
+    prompt, seeds = "a circle on a white background", list(range(100, 112))
+    plain = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 12, seeds)]
+    negative = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 12, seeds, negative_prompt=["red"] * 12)]
+    assert sum(plain) >= 2, plain
+    assert sum(negative) <= sum(plain) / 2, (plain, negative)
+
+
+def test_out_of_vocabulary_words_do_not_crash(pipe):
+    tok = pipe.tokenizer
+    ids = tok("a zebra café ☃ on a blue background").input_ids
+    assert tok.unk_token_id not in ids[1:-1]
+    for w in ("red", "circle", "background", "sks"):
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    img = pipe("a zebra café ☃", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.size == (64, 64)
+
+
+# ----------------------------------------------------------------------------- ControlNet
+def test_controlnet_canny_makes_the_shape_follow_the_edges(pipe):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    cn = ControlNetModel.from_pretrained(str(ASSET / "controlnet-canny"), torch_dtype=torch.float32)
+    cpipe = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=cn)
+    cpipe.set_progress_bar_config(disable=True)
+    scenes = [world.Scene("red", "blue", "square", 20, 42, 12, words={}),
+              world.Scene("yellow", "black", "circle", 40, 24, 15, words={}),
+              world.Scene("green", "white", "triangle", 32, 36, 17, words={}),
+              world.Scene("purple", "orange", "circle", 22, 22, 10, words={})]
+    conds = [Image.fromarray(world.edges(world.render(s))) for s in scenes]
+    imgs = cpipe([f"a {s.fg} {s.shape} on a {s.bg} background" for s in scenes], image=conds,
+                 num_inference_steps=20, guidance_scale=7.5,
+                 generator=[torch.Generator().manual_seed(i) for i in range(4)]).images
+    ious = [iou(blob_mask(im), world.shape_mask(s)) for im, s in zip(imgs, scenes)]
+    assert np.median(ious) >= 0.5, ious
+
+
+# ----------------------------------------------------------------------------- LoRA
+def test_ring_lora_strength_is_a_dial(pipe):
+    pipe.load_lora_weights(str(ASSET / "loras" / "ring.safetensors"), adapter_name="ring")
+    try:
+        prompts = ["a red sks on a blue background", "a yellow sks on a black background",
+                   "a white sks on a green background", "a orange sks on a purple background"]
+        rings = {}
+        for w in (0.0, 1.0):
+            pipe.set_adapters(["ring"], [w])
+            rings[w] = sum(analyse(im).shape == "ring" for im in _gen(pipe, prompts, [11, 12, 13, 14]))
+        assert rings[0.0] <= 1 and rings[1.0] >= 3, rings
+    finally:
+        pipe.unload_lora_weights()
+
+
+# ----------------------------------------------------------------------------- world, analyser, tokenizer
+def test_analyser_reads_rendered_ground_truth_exactly():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sc = world.sample_scene(rng, shapes=world.SHAPES + ["ring"])
+        r = analyse(world.render(sc))
+        assert (r.fg, r.bg, r.shape) == (sc.fg, sc.bg, sc.shape), sc
+        if sc.position:
+            assert r.at(sc.position), sc
+
+
+def test_caption_grammar_drops_parts_and_never_uses_the_trigger():
+    rng = np.random.default_rng(1)
+    caps = [world.sample_scene(rng).caption() for _ in range(2000)]
+    assert 0.07 < caps.count("") / len(caps) < 0.14
+    assert not any("sks" in c for c in caps)
+    assert any(c == "a circle" or c.startswith("a circle on") for c in caps)
+    assert any(c.startswith("a small") for c in caps) and any("on the left" in c for c in caps)
+    words = {w for c in caps for w in c.split()}
+    assert words <= set(world.VOCABULARY)
+
+
+def test_tokenizer_builds_whole_words_and_falls_back_to_characters(tmp_path):
+    from sdwidgets.training.tokenizer import write_tokenizer
+
+    tok = write_tokenizer(tmp_path)
+    assert (tmp_path / "vocab.json").exists() and (tmp_path / "merges.txt").exists()
+    toks = tok.convert_ids_to_tokens(tok("a large red triangle at the bottom", add_special_tokens=False).input_ids)
+    assert toks == ["a</w>", "large</w>", "red</w>", "triangle</w>", "at</w>", "the</w>", "bottom</w>"]
+    assert tok.convert_ids_to_tokens(tok("qux", add_special_tokens=False).input_ids) == ["q", "u", "x</w>"]
