@@ -49,8 +49,8 @@ NOTEBOOKS = {
         ("code", "%%sd --seed 5 --steps 20 --sweep cfg=0,1,3,5,8\na small orange square at the top on a blue background"),
         ("md", "## The forward process\n`x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`: move the slider "
                "to see an image noised in latent space (decoded) beside the same noise in pixel space."),
-        ("code", "from sdwidgets.widgets.explainer import DiffusionExplainer\n\nDiffusionExplainer(session=s, "
-                 "image=run.image)"),
+        ("code", "from sdwidgets.widgets import ExplainerPanel\n\nexplainer = ExplainerPanel(s, image_source=lambda: "
+                 "run.image)\nexplainer.source.value = \"last\"\nexplainer.show()\nexplainer"),
     ],
     "03-control-and-lora.ipynb": [
         ("md", "# ControlNet and LoRA\n\nThe embedded model comes with a `canny` ControlNet and a `ring` LoRA."),
@@ -100,7 +100,8 @@ NOTEBOOKS = {
 def main() -> None:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(metadata=KERNEL)
-        nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
+        nb.cells = [new_markdown_cell(src, id=f"c{i}") if kind == "md" else new_code_cell(src, id=f"c{i}")
+                    for i, (kind, src) in enumerate(cells)]   # fixed ids: regenerating gives no diff
         nbformat.write(nb, HERE / name)
 
 

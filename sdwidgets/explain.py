@@ -27,19 +27,12 @@ def alpha_bars(session, model: str | None = None):
 
 
 def encode(session, image, model: str | None = None):
-    """x_0 in the model's latent space (the VAE posterior mean, scaled), for a PIL image."""
-    import numpy as np
-    import torch
+    """(x_0 in the model's latent space, x_0 in pixel space) for a PIL image at the model's size."""
+    from . import latents
 
-    pipe = session.pipeline(model)
-    vae = pipe.vae
-    size = _native(pipe)
-    pixels = np.asarray(image.convert("RGB").resize(size), dtype=np.float32) / 127.5 - 1.0
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
-    with torch.no_grad():
-        z = vae.encode(x).latent_dist.mean
-    shift = vae.config.get("shift_factor") or 0.0
-    return (z - shift) * vae.config.scaling_factor, x
+    vae = session.pipeline(model).vae
+    image = image.convert("RGB").resize(session.native_size(model))
+    return latents.encode(vae, [image]), latents.pixels([image], next(vae.parameters()))
 
 
 def forward_noise(session, image, t: int, seed: int = 0, model: str | None = None, x0=None) -> Noised:
@@ -49,7 +42,8 @@ def forward_noise(session, image, t: int, seed: int = 0, model: str | None = Non
     """
     import torch
 
-    pipe = session.pipeline(model)
+    from . import latents
+
     bars = alpha_bars(session, model)
     t = int(min(max(t, 0), len(bars) - 1))
     ab = float(bars[t])
@@ -59,11 +53,8 @@ def forward_noise(session, image, t: int, seed: int = 0, model: str | None = Non
     eps_p = torch.randn(p0.shape, generator=g).to(p0)
     zt = ab ** 0.5 * z0 + (1 - ab) ** 0.5 * eps_z
     pt = ab ** 0.5 * p0 + (1 - ab) ** 0.5 * eps_p
-    vae = pipe.vae
-    shift = vae.config.get("shift_factor") or 0.0
-    with torch.no_grad():
-        decoded = vae.decode(zt / vae.config.scaling_factor + shift).sample
-    return Noised(t, ab, _to_pil(decoded), _to_pil(pt), _latent_pil(zt))
+    decoded = latents.decode(session.pipeline(model).vae, zt)
+    return Noised(t, ab, latents.to_images(decoded)[0], latents.to_images(pt)[0], _latent_pil(zt))
 
 
 def curve_image(bars, t: int | None = None, size: tuple[int, int] = (256, 160)):
@@ -92,19 +83,6 @@ def curve_image(bars, t: int | None = None, size: tuple[int, int] = (256, 160)):
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(200, 0, 0))
         draw.text((min(x + 3, w - 60), h - 12), f"t={t}", fill=(200, 0, 0))
     return img
-
-
-def _native(pipe) -> tuple[int, int]:
-    size = pipe.unet.config.sample_size
-    size = size if isinstance(size, (list, tuple)) else (size, size)
-    return int(size[1] * pipe.vae_scale_factor), int(size[0] * pipe.vae_scale_factor)
-
-
-def _to_pil(x):
-    from PIL import Image
-
-    arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
 
 
 def _latent_pil(z):

@@ -120,6 +120,10 @@ class Session:
             torch.cuda.empty_cache()
         return was_loaded
 
+    def native_size(self, model: str | None = None) -> tuple[int, int]:
+        """(width, height) the model was trained at (loads it on first use)."""
+        return self._load(self.resolve(model)).native_size
+
     @property
     def loaded_models(self) -> list[str]:
         return [m.ref.name for m in self._models.values()]
