@@ -12,16 +12,19 @@ import importlib
 
 __version__ = "0.1.0"
 
+# The session module is light (no torch at import). Importing its names here keeps
+# `sdw.session` the function: a lazily imported submodule would shadow it.
+from .session import Session, session, set_session  # noqa: E402
+
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "Session": "session", "session": "session", "set_session": "session",
     "GenerationParams": "params", "Control": "controlnet", "Run": "run",
     "ExperimentLog": "log", "SAMPLER_NAMES": "schedulers", "Options": "options",
     "ParamError": "errors", "SDWidgetsError": "errors", "OutOfMemoryError": "errors",
     "DEFAULT_MODEL": "models", "BUILTIN_MODELS": "models",
     "Dashboard": "widgets.dashboard", "train_lora": "training.lora",
 }
-__all__ = sorted(_LAZY) + ["load_ipython_extension"]
+__all__ = sorted(_LAZY) + ["Session", "load_ipython_extension", "session", "set_session"]
 
 
 def __getattr__(name: str):

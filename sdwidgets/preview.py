@@ -186,11 +186,17 @@ class StepRecorder:
             self.interrupted = True
         self.total_steps = getattr(pipe, "_num_timesteps", None) or self.total_steps  # img2img runs fewer
         step = i + 1
-        if self.keep != "none" and (step % self.every == 0 or step == self.total_steps):
-            self._record(pipe, step, t, callback_kwargs["latents"])
-        if self.decode_every and (step % self.decode_every == 0 or step == self.total_steps):
+        last = step == self.total_steps
+        decoded = bool(self.decode_every) and (step % self.decode_every == 0 or last)
+        if decoded:   # before the listeners, so a live view shows this step's decode
             x0 = self._x0 if self._x0 is not None else callback_kwargs["latents"]
             self._decoded[-1][step] = decode_latents(pipe, x0)
+        recorded = self.keep != "none" and (step % self.every == 0 or last)
+        if recorded:
+            self._record(pipe, step, t, callback_kwargs["latents"])
+        if recorded or decoded:
+            for listener in list(self.listeners):
+                listener(self)
         self._t_last = time.perf_counter()
         return callback_kwargs
 
@@ -209,8 +215,6 @@ class StepRecorder:
             ok = sigmas is not None and index is not None and index < len(sigmas)
             self.sigmas.append(float(sigmas[index]) if ok else None)
         self.preview_seconds += time.perf_counter() - t0
-        for listener in list(self.listeners):
-            listener(self)
 
     @property
     def frames(self) -> list:

@@ -64,6 +64,8 @@ class Session:
         self._controlnet_sources: dict[tuple[str, str], str] = {}
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
+        self._active = 0            # runs inside generate(), waiting or running
+        self._active_lock = threading.Lock()
         self.loads = 0              # models read from disk: a knob change must never raise this
         self.running = False
 
@@ -184,8 +186,14 @@ class Session:
 
     # ---- running ---------------------------------------------------------------------------
     def interrupt(self) -> None:
-        """Stop the current run after the step in progress (thread-safe)."""
-        self._stop.set()
+        """Stop the current run after the step in progress (thread-safe).
+
+        A run that has been asked for but not started yet is stopped too; with no run
+        at all nothing happens (a stale request never stops a later run).
+        """
+        with self._active_lock:
+            if self._active:
+                self._stop.set()
 
     def generate(self, prompt: str | None = None, *, params: GenerationParams | None = None, tags: dict | None = None,
                  on_step=None, preview: str = "both", preview_every: int = 1, decode_every: int | None = None,
@@ -210,13 +218,19 @@ class Session:
         params = params.replace(seed=params.seed if params.seed is not None else secrets.randbelow(2**32),
                                 model=ref.name if ref.kind in ("builtin", "hub") else ref.location)
 
-        with self._run_lock:
-            self._stop.clear()
-            self.running = True
-            try:
-                return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every)
-            finally:
-                self.running = False
+        with self._active_lock:
+            self._active += 1
+        try:
+            with self._run_lock:
+                self.running = True
+                try:
+                    return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every)
+                finally:
+                    self.running = False
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                self._stop.clear()     # the request ends with the run it stopped
 
     def _check_loras(self, ref: ModelRef, params: GenerationParams) -> None:
         known = self._known_loras(ref) if params.loras else {}
@@ -280,7 +294,6 @@ class Session:
             error = exc
         finally:
             run.duration_s = time.perf_counter() - start
-            self._stop.clear()
         for name in ("frames", "noisy_frames", "decoded_frames", "steps", "timesteps", "sigmas", "step_times",
                      "preview_seconds"):
             setattr(run, name, getattr(recorder, name))

@@ -238,3 +238,27 @@ def test_a_failing_run_is_logged_as_failed_and_reraised(session):
         session.generate("a circle", seed=1, steps=3, on_step=boom)
     row = session.log.df.iloc[-1]
     assert row["status"] == "failed" and "listener broke" in row["error"]
+
+
+def test_default_session_function_survives_submodule_import(tmp_path):
+    import importlib
+
+    importlib.import_module("sdwidgets.session")
+    assert callable(sdw.session) and isinstance(sdw.session(), sdw.Session)
+
+
+def test_interrupt_asked_before_the_run_starts_stops_it_but_a_stale_one_does_not(session):
+    import threading
+
+    session.interrupt()                                   # nothing running: ignored
+    assert session.generate("a circle", seed=1, steps=4).status == "ok"
+    session._run_lock.acquire()                           # a run is queued behind another
+    worker = threading.Thread(target=lambda: results.append(session.generate("a circle", seed=1, steps=6)))
+    results = []
+    worker.start()
+    while session._active == 0:
+        pass
+    session.interrupt()                                   # pressed Stop before it started
+    session._run_lock.release()
+    worker.join()
+    assert results[0].status == "interrupted" and len(results[0].frames) == 1
