@@ -296,6 +296,15 @@ def scheduler_config() -> dict:
                 timestep_spacing="leading")
 
 
+def default_scheduler():
+    """The shipped sampler: Euler with SD 1.5's betas. (PNDM, SD 1.5's own default, measured
+    worse on this model at 20 steps: fg 65% / bg 77% vs 73% / 92% on 48 prompts.)"""
+    from diffusers import EulerDiscreteScheduler
+
+    cfg = {k: v for k, v in scheduler_config().items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
+    return EulerDiscreteScheduler(**cfg)
+
+
 def unet_config(factor: int) -> dict:
     n = len(UNET_CHANNELS)
     return dict(
@@ -513,7 +522,7 @@ def _pooled_decodes(vae, z):
 
 def stage_export() -> None:
     """Write the diffusers folder (fp16 safetensors); re-run after each later stage."""
-    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors import safe_open
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -525,7 +534,7 @@ def stage_export() -> None:
         vae=vae, text_encoder=CLIPTextModel.from_pretrained(base / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(base / "unet"),
-        scheduler=PNDMScheduler(**scheduler_config()), safety_checker=None, feature_extractor=None,
+        scheduler=default_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pf = fit_preview_factors(vae)
     (ASSET / "preview_factors.json").write_text(json.dumps(pf, indent=1))
@@ -847,7 +856,7 @@ tags: [stable-diffusion, tiny, cpu, synthetic-data, sdwidgets]
 A small latent diffusion model, trained from scratch on this repository's procedural world of
 coloured shapes, stored in the diffusers Stable Diffusion format (`StableDiffusionPipeline`,
 `AutoencoderKL`, `UNet2DConditionModel`, `CLIPTextModel` + `CLIPTokenizer`, a PNDM scheduler
-configured like Stable Diffusion 1.5). It is the default model of `sdwidgets.Session` (alias
+an Euler scheduler with Stable Diffusion 1.5's noise schedule). It is the default model of `sdwidgets.Session` (alias
 `shapes`) so that demos, notebooks and tests run on a CPU with no download, and so that the real
 behaviour of guidance, negative prompts, samplers, img2img, ControlNet and LoRA can be checked by
 looking at the pixels. It knows nothing else: it is not a general image model.
@@ -880,7 +889,7 @@ characters (no crash); they mean nothing to the model.
 | text_encoder | CLIPTextModel, 3 layers, width {TEXT_DIM}, 77 positions | {g(base, "text_params", "{:,}")} |
 | tokenizer | CLIPTokenizer (byte-level BPE) from our vocabulary: whole-word tokens + all bytes | |
 | unet | UNet2DConditionModel, blocks {list(UNET_CHANNELS)}, cross-attention at the two lower resolutions and the middle | {g(base, "unet_params", "{:,}")} |
-| scheduler | PNDMScheduler, scaled_linear 0.00085-0.012, 1000 steps, epsilon, steps_offset 1 | |
+| scheduler | EulerDiscreteScheduler, scaled_linear 0.00085-0.012, 1000 steps, epsilon, steps_offset 1 (PNDM, SD 1.5's default, works too but scored lower at 20 steps) | |
 | controlnet-canny | ControlNetModel.from_unet, conditioning = cv2.Canny(100, 200) edges as RGB in [0, 1] | {g(cn, "params", "{:,}")} |
 | loras/ring.safetensors | LoRA (peft, rank {g(lora, "rank")}) on attention, feed-forward and conv layers; trigger `sks` | |
 | preview_factors.json | least-squares latent -> RGB ([-1, 1]) factors of this VAE, mean abs error {rec.get("preview_factors_mae", "?")} | |
