@@ -108,45 +108,38 @@ def run_demo(args) -> int:
     from PIL import Image, ImageDraw
     from tqdm.auto import tqdm
 
+    from .controlnet import Control
     from .images import grid, upscale
     from .session import Session
 
     out = Path(args.out)
-    s = Session(log_dir=out / "runs")
+    s = Session(log_dir=out / "runs", progress=False)     # one progress bar for the whole tour
     print(f"sdwidgets demo · model {s.resolve().name!r} · log {s.log.dir}")
-    rows = []
-
-    def show(label, run):
-        print(f"  {label:<46} {run.caption()}")
-        frames = run.frames[:: max(1, len(run.frames) // 8)][:8]
-        rows.append([upscale(f, 64).resize((64, 64)) for f in frames] + [im.resize((64, 64)) for im in run.images])
-
-    for i, prompt in enumerate(tqdm(DEMO_PROMPTS, desc="prompts")):
-        show(prompt, s.generate(prompt, seed=i, steps=args.steps, tags={"source": "demo"}))
-    for sampler in ("Euler a", "DPM++ 2M Karras"):
-        show(f"{DEMO_PROMPTS[0]} · {sampler}", s.generate(DEMO_PROMPTS[0], seed=0, steps=args.steps, scheduler=sampler))
-    if "ring" in s.loras():
-        for strength in (0.0, 0.5, 1.0):
-            show(f"a red sks on a blue background · ring {strength}",
-                 s.generate("a red sks on a blue background", seed=3, steps=args.steps, loras={"ring": strength}))
     edges = Image.new("RGB", (64, 64), "black")
     ImageDraw.Draw(edges).rectangle([8, 30, 30, 52], outline="white")
-    from .controlnet import Control
-
-    try:
-        show("ControlNet canny: a square at the bottom left",
-             s.generate("a blue square on a yellow background", seed=4, steps=args.steps,
-                        controls=[Control("canny", edges)]))
-    except Exception as exc:  # a model without a canny ControlNet still gets the rest of the tour
-        print(f"  (ControlNet skipped: {exc})")
-    first = s.log.df.iloc[0]
-    again = s.log.rerun(first["run_id"])
-    same = np.array_equal(np.asarray(again.image), np.asarray(Image.open(s.log.dir / first["image_path"])))
-    print(f"  rerun {first['run_id']}: {'bit-identical' if same else 'DIFFERENT'}")
+    jobs = [(p, dict(prompt=p, seed=i)) for i, p in enumerate(DEMO_PROMPTS)]
+    jobs += [(f"{DEMO_PROMPTS[0]} · {name}", dict(prompt=DEMO_PROMPTS[0], seed=0, scheduler=name))
+             for name in ("Euler a", "DPM++ 2M Karras")]
+    if "ring" in s.loras():
+        jobs += [(f"a red sks on a blue background · ring {w}",
+                  dict(prompt="a red sks on a blue background", seed=3, loras={"ring": w})) for w in (0.0, 0.5, 1.0)]
+    if s.controlnet_source("canny"):
+        jobs.append(("ControlNet canny: a square at the bottom left",
+                     dict(prompt="a blue square on a yellow background", seed=4, controls=[Control("canny", edges)])))
+    rows, runs = [], []
+    for label, kwargs in tqdm(jobs, desc="demo runs"):
+        run = s.generate(steps=args.steps, tags={"source": "demo"}, **kwargs)
+        runs.append(run)
+        tqdm.write(f"  {label:<52} {run.caption()}")
+        frames = run.frames[:: max(1, len(run.frames) // 8)][:8]
+        rows.append([upscale(f, 64).resize((64, 64)) for f in frames] + [im.resize((64, 64)) for im in run.images])
+    again = s.log.rerun(runs[0].run_id)
+    same = np.array_equal(np.asarray(again.image), np.asarray(runs[0].image))
+    print(f"  rerun {runs[0].run_id}: {'bit-identical' if same else 'DIFFERENT'}")
     width = max(len(r) for r in rows)
-    sheet = grid([im for r in rows for im in r + [Image.new("RGB", (64, 64), "white")] * (width - len(r))], cols=width)
-    sheet.save(out / "demo.png")
-    print(f"{len(s.log)} images logged in {s.log.dir}; contact sheet (step previews -> image): {out / 'demo.png'}")
+    blank = Image.new("RGB", (64, 64), "white")
+    grid([im for r in rows for im in r + [blank] * (width - len(r))], cols=width).save(out / "demo.png")
+    print(f"{len(s.log)} images in the log {s.log.dir}; contact sheet (step previews -> image): {out / 'demo.png'}")
     return 0 if same else 1
 
 

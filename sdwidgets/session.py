@@ -6,6 +6,7 @@ denoise with the StepRecorder, record in the log.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import secrets
 import threading
@@ -340,7 +341,8 @@ class Session:
         known = self._known_loras(loaded.ref)
         for name, _ in params.loras:
             if name not in loaded.loras:
-                loaded.pipe.load_lora_weights(str(known[name].path), adapter_name=name)
+                with quiet_diffusers():   # "no LoRA keys for the text encoder" is expected for UNet LoRAs
+                    loaded.pipe.load_lora_weights(str(known[name].path), adapter_name=name)
                 loaded.loras.add(name)
 
     @staticmethod
@@ -394,6 +396,18 @@ class Session:
     def __repr__(self) -> str:
         return (f"Session(log_dir={str(self.log.dir)!r}, device={self._device or 'auto'!r}, "
                 f"models={self.loaded_models}, runs={len(self.log)})")
+
+
+@contextlib.contextmanager
+def quiet_diffusers():
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
 
 
 def new_run_id() -> str:
