@@ -855,7 +855,7 @@ tags: [stable-diffusion, tiny, cpu, synthetic-data, sdwidgets]
 
 A small latent diffusion model, trained from scratch on this repository's procedural world of
 coloured shapes, stored in the diffusers Stable Diffusion format (`StableDiffusionPipeline`,
-`AutoencoderKL`, `UNet2DConditionModel`, `CLIPTextModel` + `CLIPTokenizer`, a PNDM scheduler
+`AutoencoderKL`, `UNet2DConditionModel`, `CLIPTextModel` + `CLIPTokenizer`, and
 an Euler scheduler with Stable Diffusion 1.5's noise schedule). It is the default model of `sdwidgets.Session` (alias
 `shapes`) so that demos, notebooks and tests run on a CPU with no download, and so that the real
 behaviour of guidance, negative prompts, samplers, img2img, ControlNet and LoRA can be checked by
