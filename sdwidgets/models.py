@@ -6,11 +6,14 @@ bad model name fails before any model work. `load_pipeline()` does the loading.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError, UnsafeModelError
+from .images import file_sha256
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "shapes"
@@ -18,6 +21,7 @@ DEFAULT_MODEL = "shapes"
 BUILTIN_MODELS = {"shapes": ASSETS / "shapes"}
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
 
@@ -71,24 +75,38 @@ def resolve(spec: str | Path | None, *, allow_unsafe: bool = False) -> ModelRef:
         "a .safetensors file or a hub id like 'stabilityai/sd-turbo'")
 
 
-def weights_hash(ref: ModelRef, pipe=None) -> str:
-    """sha256 over the model's weight files (name + bytes), the content identity in the log.
+def weights_hash(ref: ModelRef) -> str:
+    """sha256 over the model's weight files (name + content hash), the content identity in the log.
 
     For a hub id the files are those of the local snapshot the pipeline was loaded from.
+    File hashes are cached by (path, size, mtime), so a multi-GB model is read once, not per load.
     """
     if ref.kind == "single_file":
         files = [Path(ref.location)]
         root = files[0].parent
     else:
         root = Path(ref.location) if ref.kind != "hub" else _hub_snapshot(ref.location)
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-                       and not p.is_relative_to(root / "loras") and "controlnet" not in p.relative_to(root).parts[0])
+        # the model's own components only: a builtin model's ControlNets and LoRAs are separate files
+        extras = ("loras", "controlnet-")
+        files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES
+                       and not p.relative_to(root).parts[0].startswith(extras))
+    cache_file = Path(os.environ.get("SDWIDGETS_CACHE", "~/.cache/sdwidgets")).expanduser() / "file-hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(root)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        stat = f.stat()
+        key = f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = file_sha256(f)
+        h.update(f"{f.relative_to(root)}:{cache[key]}".encode())
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache))
+    except OSError:
+        pass   # a read-only home only costs re-hashing next time
     return h.hexdigest()
 
 

@@ -107,7 +107,7 @@ class Session:
         if self.options.cpu_offload is None:
             pipe.to(self.device)
         apply_options(pipe, self.options, self.device)
-        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref, pipe), factors_for(pipe, builtin_assets(ref)))
+        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref), factors_for(pipe, builtin_assets(ref)))
         self._models[ref.key] = loaded
         return loaded
 

@@ -262,3 +262,19 @@ def test_interrupt_asked_before_the_run_starts_stops_it_but_a_stale_one_does_not
     session._run_lock.release()
     worker.join()
     assert results[0].status == "interrupted" and len(results[0].frames) == 1
+
+
+def test_weights_hash_follows_content_and_is_cached(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from sdwidgets.models import weights_hash
+
+    monkeypatch.setenv("SDWIDGETS_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    first = weights_hash(resolve(str(copy)))
+    assert first == weights_hash(resolve(tiny_model))          # same content, other folder
+    assert (tmp_path / "cache" / "file-hashes.json").is_file()
+    unet = next((copy / "unet").glob("*.safetensors"))
+    unet.write_bytes(unet.read_bytes() + b"\0")
+    assert weights_hash(resolve(str(copy))) != first
