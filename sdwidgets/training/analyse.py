@@ -63,17 +63,23 @@ def _as_array(img) -> np.ndarray:
     return a[..., :3]
 
 
-def analyse(img) -> Reading:
-    """Analyse one image (PIL image or HxWx3 uint8 array; resized to 64x64 if needed)."""
+def _largest_blob(img):
+    """(background palette index, bool mask of the largest non-background component or None)."""
     lab = nearest_palette(_as_array(img))
     border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
     bg = int(np.bincount(border, minlength=8).argmax())
     mask = (lab != bg).astype(np.uint8)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
+        return bg, None, lab
+    return bg, comp == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax()), lab
+
+
+def analyse(img) -> Reading:
+    """Analyse one image (PIL image or HxWx3 uint8 array; resized to 64x64 if needed)."""
+    bg, blob, lab = _largest_blob(img)
+    if blob is None:
         return Reading(None, COLOURS[bg], None, SIZE / 2, SIZE / 2, 0, 0.0, 0.0, 0.0)
-    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    blob = comp == k
     fg = int(np.bincount(lab[blob], minlength=8).argmax())
     if blob.sum() < 12:
         return Reading(COLOURS[fg], COLOURS[bg], None, SIZE / 2, SIZE / 2, int(blob.sum()), 0.0, 0.0, 0.0)
@@ -112,15 +118,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def blob_mask(img) -> np.ndarray:
     """The filled foreground blob of an image (bool HxW), for IoU with a control shape."""
-    lab = nearest_palette(_as_array(img))
-    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
-    bg = int(np.bincount(border, minlength=8).argmax())
-    mask = (lab != bg).astype(np.uint8)
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
+    _, blob, _ = _largest_blob(img)
+    if blob is None:
         return np.zeros((SIZE, SIZE), bool)
-    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
     outside = np.zeros((SIZE + 2, SIZE + 2), np.uint8)
-    outside[1:-1, 1:-1] = comp == k
+    outside[1:-1, 1:-1] = blob
     cv2.floodFill(outside, None, (0, 0), 2)
     return outside[1:-1, 1:-1] != 2
