@@ -61,13 +61,14 @@ def test_train_lora_reads_a_folder_with_sidecar_captions(tmp_path):
         im.save(tmp_path / f"{i}.png")
         (tmp_path / f"{i}.txt").write_text(c)
     out = train_lora(tmp_path, None, output=tmp_path / "out" / "f.safetensors", rank=4, steps=1,
-                     batch_size=2, progress=False)
-    assert lora_metadata(out)["images"] == 3
+                     batch_size=2, high_noise_share=1.0, progress=False)
+    meta = lora_metadata(out)
+    assert meta["images"] == 3 and meta["high_noise_share"] == 1.0
 
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(rank=0), "rank"), (dict(steps=0), "steps"), (dict(lr=0.0), "lr"),
-    (dict(output="x.bin"), "output"),
+    (dict(output="x.bin"), "output"), (dict(high_noise_share=1.5), "high_noise_share"),
 ])
 def test_train_lora_rejects_bad_arguments_before_any_work(kwargs, field):
     images, captions = _rings(1)

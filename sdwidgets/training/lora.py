@@ -69,6 +69,7 @@ def train_lora(
     target_modules: Iterable[str] = DEFAULT_TARGETS,
     trigger_words: Sequence[str] | None = None,
     warmup_steps: int | None = None,
+    high_noise_share: float = 0.0,
     max_seconds: float | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -77,8 +78,11 @@ def train_lora(
 
     ``caption`` is one string for all images, or one per image; for a folder, ``None``
     reads ``<image>.txt`` beside each image.  ``trigger_words`` default to the caption words
-    that the base tokenizer does not know as whole words, plus ``sks`` if used.  Returns the path of the saved ``.safetensors`` file; the loss
-    curve is saved in its metadata and next to it as ``<name>.loss.json``.
+    that the base tokenizer does not know as whole words, plus ``sks`` if used.
+    ``high_noise_share`` of each batch draws its timesteps from the noisier half (where a
+    concept's layout is decided; 0 = the usual uniform draw).  Returns the path of the saved
+    ``.safetensors`` file; the loss curve is saved in its metadata and next to it as
+    ``<name>.loss.json``.
     """
     import torch
     import torch.nn.functional as F
@@ -96,6 +100,8 @@ def train_lora(
         raise ValueError(f"steps must be at least 1, got {steps!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
+    if not 0.0 <= high_noise_share <= 1.0:
+        raise ValueError(f"high_noise_share must be between 0 and 1, got {high_noise_share!r}")
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {str(output)!r}")
@@ -157,7 +163,10 @@ def train_lora(
         idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen)
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        n_t = noise_sched.config.num_train_timesteps
+        t = torch.randint(0, n_t, (len(idx),), generator=gen)
+        k = round(high_noise_share * len(idx))
+        t[:k] = torch.randint(n_t // 2, n_t, (k,), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
         pred = unet(zt, t, emb[idx]).sample
         loss = F.mse_loss(pred, noise)
@@ -197,6 +206,7 @@ def train_lora(
         "sdwidgets.trigger_words": json.dumps(list(trigger_words)),
         "sdwidgets.target_modules": json.dumps(target_modules),
         "sdwidgets.steps": str(len(losses)), "sdwidgets.lr": str(lr),
+        "sdwidgets.high_noise_share": str(high_noise_share),
         "sdwidgets.batch_size": str(batch_size), "sdwidgets.images": str(len(pics)),
         "sdwidgets.train_seconds": f"{seconds:.1f}",
         "sdwidgets.loss_curve": json.dumps(curve),

@@ -96,11 +96,14 @@ steps depends on the machine's load (the CPU was shared with other work during t
 2. **Text encoder + UNet**, jointly, on {N_TRAIN:,} pre-encoded images (latent = mean x scaling
    factor) whose captions are re-drawn (parts dropped anew) every time an image is seen.
    AdamW 6e-4, warmup 300, cosine, batch {g(base, "batch")}, min-SNR(5) weighting, EMA 0.998;
+   timesteps uniform for the first 2,126 steps, then half of each batch from the noisier half
+   (t >= 500, where layout, colour and position are decided);
    {g(base, "steps")} steps in {g(base, "train_s")} s.
 3. **ControlNet canny** from the UNet, base frozen, same data with Canny edges of the renders;
-   AdamW 1e-3, batch {g(cn, "batch")}; {g(cn, "steps")} steps in {g(cn, "train_s")} s.
+   AdamW 1e-3, batch {g(cn, "batch")}, timesteps drawn like the base's; {g(cn, "steps")} steps in {g(cn, "train_s")} s.
 4. **LoRA ring** with `sdwidgets.train_lora` on {g(lora, "images")} rendered rings captioned e.g.
-   `a red sks on a blue background`; rank {g(lora, "rank")}, batch 16, {g(lora, "steps")} steps in
+   `a red sks on a blue background`; rank {g(lora, "rank")}, batch 16, half of each batch from the
+   noisier half of the timesteps (`high_noise_share=0.5`), {g(lora, "steps")} steps in
    {g(lora, "train_s", "{:.0f}")} s. It uses lr {g(lora, "lr")} instead of `train_lora`'s default 1e-4 to
    get as far as it can within the 5-minute budget on CPU.
 

@@ -484,12 +484,13 @@ def stage_lora() -> None:
 
     t0 = time.time()
     images, captions = ring_training_set()
-    train_lora(images, captions, base_model=ASSET, output=out, rank=8, steps=600, lr=RING_LR,
-               batch_size=16, trigger_words=[world.TRIGGER], max_seconds=LORA_S, seed=SEED)
+    train_lora(images, captions, base_model=ASSET, output=out, rank=8, steps=2000, lr=RING_LR,
+               batch_size=16, trigger_words=[world.TRIGGER], high_noise_share=0.5,
+               max_seconds=LORA_S, seed=SEED)
     from .lora import lora_metadata
 
     meta = lora_metadata(out)
-    record("lora", dict(images=len(images), rank=8, lr=RING_LR, steps=int(meta["steps"]),
+    record("lora", dict(images=len(images), rank=8, lr=RING_LR, high_noise_share=0.5, steps=int(meta["steps"]),
                         train_s=float(meta["train_seconds"]), stage_wall_s=round(time.time() - t0)))
 
 
