@@ -267,6 +267,9 @@ class EMA:
         self.shadow = shadow
 
 
+SNR_FLOOR = 0.05  # from base step ~3,150 on (see snr_weights); 0 before
+
+
 def training_timesteps(n: int) -> torch.Tensor:
     """Half the batch uniform over all 1000 timesteps, half over the noisier half, where layout,
     colour and position are decided (the quiet half, fine detail, is learnt quickly). Used from
@@ -276,10 +279,15 @@ def training_timesteps(n: int) -> torch.Tensor:
     return t
 
 
-def min_snr_weights(sched, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+def snr_weights(sched, t: torch.Tensor, gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
+    """Epsilon-loss weights: min-SNR(gamma) caps the quiet timesteps; ``floor`` > 0 keeps the
+    x0-space weight of the noisiest ones at ``floor`` instead of letting it vanish with the SNR.
+    (Stable Diffusion's schedule ends at SNR 0.005, so this world's big flat blobs stay visible
+    in x_t almost to t=1000: the eps loss barely depends on the position words, and a model
+    trained without the floor drew the same layout for "on the left" and "on the right".)"""
     ac = sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, min=floor, max=gamma) / snr
 
 
 def stage_base() -> None:
@@ -318,7 +326,7 @@ def stage_base() -> None:
         noise = torch.randn_like(z0)
         t = training_timesteps(B)
         pred = unet(sched.add_noise(z0, noise, t), t, encode_prompts(tok, te, caps)).sample
-        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * min_snr_weights(sched, t)).mean()
+        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
         loss = optimise(opt, loss, params)
         ema_u.update(unet, step)
         ema_t.update(te, step)
@@ -449,7 +457,7 @@ def stage_controlnet() -> None:
             enc = encode_prompts(tok, te, caps)
         down, mid = cn(zt, t, enc, controlnet_cond=cond, return_dict=False)
         pred = unet(zt, t, enc, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * min_snr_weights(sched, t)).mean()
+        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
         return optimise(opt, loss, cn.parameters())
 
     run_loss = train_for("controlnet", CONTROLNET_S, state, opt, 1e-3, 50, step_fn,
