@@ -268,6 +268,25 @@ class EMA:
 
 
 SNR_FLOOR = 0.05  # from base step ~3,150 on (see snr_weights); 0 before
+PYRAMID_DISCOUNT = 0.8  # from base step ~4,000 on (see pyramid_noise); white noise before
+
+
+def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> torch.Tensor:
+    """Training noise with extra coarse components (multi-resolution "pyramid" noise, as in
+    kohya's trainers): white noise plus ``discount**i`` times upsampled white noise at every
+    halving of the resolution down to 1x1, rescaled to unit variance. Under SD's schedule a flat
+    blob stays visible in the low frequencies of x_t almost to t=1000, so the model could read the
+    layout off the noise and never learned the position words; coarse noise hides it."""
+    import torch.nn.functional as F
+
+    b, c, h, w = like.shape
+    noise = torch.randn_like(like)
+    level = 1
+    while h >> level >= 1 and w >> level >= 1:
+        coarse = torch.randn(b, c, h >> level, w >> level)
+        noise += discount ** level * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        level += 1
+    return noise / noise.std(dim=(1, 2, 3), keepdim=True)
 
 
 def training_timesteps(n: int) -> torch.Tensor:
@@ -323,7 +342,7 @@ def stage_base() -> None:
         idx = rng.integers(len(scenes), size=B)
         caps = [redraw_caption(scenes[i], rng) for i in idx]
         z0 = lat[torch.from_numpy(idx)]
-        noise = torch.randn_like(z0)
+        noise = pyramid_noise(z0)
         t = training_timesteps(B)
         pred = unet(sched.add_noise(z0, noise, t), t, encode_prompts(tok, te, caps)).sample
         loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
@@ -450,7 +469,7 @@ def stage_controlnet() -> None:
         caps = [redraw_caption(scenes[i], rng) for i in idx]
         cond = torch.from_numpy(np.stack([world.edges(world.render(scenes[i])) for i in idx])).permute(0, 3, 1, 2).float() / 255
         z0 = lat[torch.from_numpy(idx)]
-        noise = torch.randn_like(z0)
+        noise = pyramid_noise(z0)
         t = training_timesteps(B)
         zt = sched.add_noise(z0, noise, t)
         with torch.no_grad():
