@@ -96,8 +96,10 @@ steps depends on the machine's load (the CPU was shared with other work during t
 2. **Text encoder + UNet**, jointly, on {N_TRAIN:,} pre-encoded images (latent = mean x scaling
    factor) whose captions are re-drawn (parts dropped anew) every time an image is seen.
    AdamW 6e-4, warmup 300, cosine, batch {g(base, "batch")}, min-SNR(5) weighting, EMA 0.998;
-   timesteps uniform for the first 2,126 steps, then half of each batch from the noisier half
-   (t >= 500, where layout, colour and position are decided);
+   the recipe changed while it ran, each change continuing from the last checkpoint: steps 0-2,510
+   plain (uniform timesteps, white noise, min-SNR); from 2,511 half of each batch from the noisier
+   half (t >= 500, where layout, colour and position are decided); from 3,191 an SNR floor of 0.05
+   on the loss weights; from 3,651 multi-resolution (pyramid) noise, discount 0.8 (see below);
    {g(base, "steps")} steps in {g(base, "train_s")} s.
 3. **ControlNet canny** from the UNet, base frozen, same data with Canny edges of the renders;
    AdamW 1e-3, batch {g(cn, "batch")}, timesteps drawn like the base's; {g(cn, "steps")} steps in {g(cn, "train_s")} s.

@@ -267,8 +267,8 @@ class EMA:
         self.shadow = shadow
 
 
-SNR_FLOOR = 0.05  # from base step ~3,150 on (see snr_weights); 0 before
-PYRAMID_DISCOUNT = 0.8  # from base step ~4,000 on (see pyramid_noise); white noise before
+SNR_FLOOR = 0.05  # from base step 3,191 on (see snr_weights); 0 before
+PYRAMID_DISCOUNT = 0.8  # from base step 3,651 on (see pyramid_noise); white noise before
 
 
 def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> torch.Tensor:
@@ -292,7 +292,7 @@ def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> tor
 def training_timesteps(n: int) -> torch.Tensor:
     """Half the batch uniform over all 1000 timesteps, half over the noisier half, where layout,
     colour and position are decided (the quiet half, fine detail, is learnt quickly). Used from
-    base step 2,126 on; the first 2,126 steps drew all timesteps uniformly."""
+    base step 2,511 on; the first 2,511 steps drew all timesteps uniformly."""
     t = torch.randint(0, 1000, (n,))
     t[: n // 2] = torch.randint(500, 1000, (n // 2,))
     return t
