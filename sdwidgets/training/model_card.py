@@ -69,7 +69,7 @@ characters (no crash); they mean nothing to the model.
 | scheduler | EulerDiscreteScheduler, scaled_linear 0.00085-0.012, 1000 steps, epsilon, steps_offset 1 (PNDM, SD 1.5's default, works too but scored lower at 20 steps) | |
 | controlnet-canny | ControlNetModel.from_unet, conditioning = cv2.Canny(100, 200) edges as RGB in [0, 1] | {g(cn, "params", "{:,}")} |
 | loras/ring.safetensors | LoRA (peft, rank {g(lora, "rank")}) on attention, feed-forward and conv layers; trigger `sks` | |
-| preview_factors.json | least-squares latent -> RGB ([-1, 1]) factors of this VAE, mean abs error {rec.get("preview_factors_mae", "?")} | |
+| preview_factors.json | ridge-fitted latent -> RGB ([-1, 1]) factors of this VAE, mean abs error {rec.get("preview_factors_mae", "?")} | |
 
 Weights are stored as fp16 safetensors ({sizes.get("total", 0) / 1e6:.2f} MB in all); load
 with `torch_dtype=torch.float32` on CPU.
