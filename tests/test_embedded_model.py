@@ -78,30 +78,41 @@ def test_preview_factors_approximate_the_decoder(pipe):
 
 # ----------------------------------------------------------------------------- prompts
 def test_red_circle_on_blue_background(pipe):
-    # Measured over 240 grammar prompts: fg 78%, bg 92%, shape 66% (below the bars; see
-    # the model card). Chance is 1/8 for a colour and 1/3 for a shape.
+    # Measured over 240 grammar prompts: fg 99%, bg 100%, shape 78% (see the model card).
+    # Chance is 1/8 for a colour and 1/3 for a shape.
     imgs = _gen(pipe, ["a red circle on a blue background"] * 8, list(range(1, 9)))
     readings = [analyse(im) for im in imgs]
-    assert sum(r.fg == "red" for r in readings) >= 3, readings
-    assert sum(r.bg == "blue" for r in readings) >= 4, readings
-    assert sum(r.shape == "circle" for r in readings) >= 4, readings
+    assert sum(r.fg == "red" for r in readings) >= 7, readings
+    assert sum(r.bg == "blue" for r in readings) >= 7, readings
+    assert sum(r.shape == "circle" for r in readings) >= 5, readings
 
 
-def test_negative_prompt_red_pushes_away_from_red(pipe):
-    prompt, seeds = "a red circle on a white background", list(range(100, 108))
-    plain = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 8, seeds)]
-    negative = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 8, seeds, negative_prompt=["red"] * 8)]
-    assert sum(negative) < sum(plain), (plain, negative)
+def test_size_words_change_the_size(pipe):
+    seeds = list(range(20, 28))
+    small = [analyse(im).radius for im in _gen(pipe, ["a small yellow square on a black background"] * 8, seeds)]
+    large = [analyse(im).radius for im in _gen(pipe, ["a large yellow square on a black background"] * 8, seeds)]
+    assert np.median(large) > 1.5 * np.median(small), (small, large)
 
 
-@pytest.mark.xfail(reason="below the issue's bar: the model draws red circles unprompted too rarely "
-                          "(0/48 in the evaluation) for a halving to show; see the model card", strict=False)
 def test_negative_prompt_red_halves_unprompted_red_circles(pipe):
-    prompt, seeds = "a circle on a white background", list(range(100, 112))
-    plain = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 12, seeds)]
-    negative = [analyse(im).fg == "red" for im in _gen(pipe, [prompt] * 12, seeds, negative_prompt=["red"] * 12)]
-    assert sum(plain) >= 2, plain
-    assert sum(negative) <= sum(plain) / 2, (plain, negative)
+    # At guidance 3 (48 seeds: 7 red circles -> 0); at 7.5 the open colours collapse to
+    # green, black and purple, so there is no red to halve (see the model card).
+    prompt, seeds = "a circle on a white background", list(range(1000, 1024))
+    kw = dict(guidance_scale=3.0)
+    plain = [analyse(im) for im in _gen(pipe, [prompt] * 24, seeds, **kw)]
+    negative = [analyse(im) for im in _gen(pipe, [prompt] * 24, seeds, negative_prompt=["red"] * 24, **kw)]
+    red = lambda rs: sum(r.fg == "red" and r.shape == "circle" for r in rs)  # noqa: E731
+    assert red(plain) >= 2, [r.fg for r in plain]
+    assert red(negative) <= red(plain) / 2, ([r.fg for r in plain], [r.fg for r in negative])
+
+
+@pytest.mark.xfail(reason="below the issue's bar: position accuracy is 36% over 240 prompts; the "
+                          "model card says why (Stable Diffusion's schedule leaks the layout)", strict=False)
+def test_position_words_place_the_shape(pipe):
+    seeds = list(range(40, 48))
+    left = [analyse(im).at("left") for im in _gen(pipe, ["a red circle on the left on a blue background"] * 8, seeds)]
+    right = [analyse(im).at("right") for im in _gen(pipe, ["a red circle on the right on a blue background"] * 8, seeds)]
+    assert sum(left) >= 6 and sum(right) >= 6, (left, right)
 
 
 def test_out_of_vocabulary_words_do_not_crash(pipe):
@@ -131,7 +142,7 @@ def test_controlnet_canny_makes_the_shape_follow_the_edges(pipe):
                  num_inference_steps=20, guidance_scale=7.5,
                  generator=[torch.Generator().manual_seed(i) for i in range(4)]).images
     ious = [iou(blob_mask(im), world.shape_mask(s)) for im, s in zip(imgs, scenes)]
-    assert np.median(ious) >= 0.3, ious  # evaluation median over 48 scenes: see the model card
+    assert np.median(ious) >= 0.6, ious  # evaluation median over 48 scenes: 0.80 (model card)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -151,15 +162,15 @@ def test_ring_lora_loads_and_its_strength_changes_the_image(pipe):
         pipe.unload_lora_weights()
 
 
-@pytest.mark.xfail(reason="below the issue's bar: see the LoRA ring shares in the model card", strict=False)
 def test_ring_lora_strength_is_a_ring_dial(pipe):
+    # Evaluation over 48 prompts: rings at strength 0, .25, .5, .75, 1 = 0%, 2%, 21%, 54%, 60%.
     pipe.load_lora_weights(str(ASSET / "loras" / "ring.safetensors"), adapter_name="ring")
     try:
         rings = {}
-        for w in (0.0, 1.0):
+        for w in (0.0, 0.5, 1.0):
             pipe.set_adapters(["ring"], [w])
-            rings[w] = sum(analyse(im).shape == "ring" for im in _gen(pipe, LORA_PROMPTS, [11, 12, 13, 14]))
-        assert rings[0.0] <= 1 and rings[1.0] >= 3, rings
+            rings[w] = sum(analyse(im).shape == "ring" for im in _gen(pipe, LORA_PROMPTS * 2, list(range(11, 19))))
+        assert rings[0.0] <= 1 and rings[0.0] <= rings[0.5] <= rings[1.0] and rings[1.0] >= 3, rings
     finally:
         pipe.unload_lora_weights()
 
