@@ -64,8 +64,10 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
 
 def test_recipe_resumes_instead_of_retraining(trained):
     tmp, _ = trained
+    weights = tmp / "work" / "base" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
     out = _recipe(tmp, "base")
-    assert "base: exists, skipped" in out
+    assert "base: exists, skipped" in out and weights.stat().st_mtime_ns == before
 
 
 def test_unknown_stage_is_named_with_the_choices(tmp_path):

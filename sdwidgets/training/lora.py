@@ -93,6 +93,8 @@ def train_lora(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    from .noise import draw_timesteps
+
     # 1. Check inputs
     if not 1 <= int(rank) <= 256:
         raise ValueError(f"rank must be between 1 and 256, got {rank!r}")
@@ -163,10 +165,7 @@ def train_lora(
         idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen)
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=gen)
-        n_t = noise_sched.config.num_train_timesteps
-        t = torch.randint(0, n_t, (len(idx),), generator=gen)
-        k = round(high_noise_share * len(idx))
-        t[:k] = torch.randint(n_t // 2, n_t, (k,), generator=gen)
+        t = draw_timesteps(len(idx), high_noise_share, noise_sched.config.num_train_timesteps, gen)
         zt = noise_sched.add_noise(z0, noise, t)
         pred = unet(zt, t, emb[idx]).sample
         loss = F.mse_loss(pred, noise)

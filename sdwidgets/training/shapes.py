@@ -11,8 +11,9 @@ Stages (each resumable, skipped when its output exists; ``all`` runs them in ord
     evaluate    score the shipped folder (table of issue 3; :mod:`.evaluate`)
 
 Working files go to ``training-work/`` (git-ignored); timings to ``training-work/timings.json``.
-Budgets and paths live in :mod:`.workspace`, the architecture in :mod:`.architecture`, and the
-model card, rewritten by ``export`` and ``evaluate``, in :mod:`.model_card`.
+Budgets and paths live in :mod:`.workspace`, the architecture in :mod:`.architecture`, how
+training samples are noised in :mod:`.noise`, and the model card (rewritten by ``export`` and
+``evaluate``) in :mod:`.model_card`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from . import world
 from .architecture import default_scheduler, text_config, training_scheduler, unet_config, vae_config
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
+from .noise import draw_timesteps, eps_loss, pyramid_noise
 from .workspace import (ASSET, BASE_S, CONTROLNET_S, DECODER_S, LORA_S, N_TRAIN, SEED, VAE_PROBE_S,
                         VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
 
@@ -267,48 +269,6 @@ class EMA:
         self.shadow = shadow
 
 
-SNR_FLOOR = 0.05  # from base step 3,191 on (see snr_weights); 0 before
-PYRAMID_DISCOUNT = 0.8  # from base step 3,651 on (see pyramid_noise); white noise before
-
-
-def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> torch.Tensor:
-    """Training noise with extra coarse components (multi-resolution "pyramid" noise, as in
-    kohya's trainers): white noise plus ``discount**i`` times upsampled white noise at every
-    halving of the resolution down to 1x1, rescaled to unit variance. Under SD's schedule a flat
-    blob stays visible in the low frequencies of x_t almost to t=1000, so the model could read the
-    layout off the noise and never learned the position words; coarse noise hides it."""
-    import torch.nn.functional as F
-
-    b, c, h, w = like.shape
-    noise = torch.randn_like(like)
-    level = 1
-    while h >> level >= 1 and w >> level >= 1:
-        coarse = torch.randn(b, c, h >> level, w >> level)
-        noise += discount ** level * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-        level += 1
-    return noise / noise.std(dim=(1, 2, 3), keepdim=True)
-
-
-def training_timesteps(n: int) -> torch.Tensor:
-    """Half the batch uniform over all 1000 timesteps, half over the noisier half, where layout,
-    colour and position are decided (the quiet half, fine detail, is learnt quickly). Used from
-    base step 2,511 on; the first 2,511 steps drew all timesteps uniformly."""
-    t = torch.randint(0, 1000, (n,))
-    t[: n // 2] = torch.randint(500, 1000, (n // 2,))
-    return t
-
-
-def snr_weights(sched, t: torch.Tensor, gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
-    """Epsilon-loss weights: min-SNR(gamma) caps the quiet timesteps; ``floor`` > 0 keeps the
-    x0-space weight of the noisiest ones at ``floor`` instead of letting it vanish with the SNR.
-    (Stable Diffusion's schedule ends at SNR 0.005, so this world's big flat blobs stay visible
-    in x_t almost to t=1000: the eps loss barely depends on the position words, and a model
-    trained without the floor drew the same layout for "on the left" and "on the right".)"""
-    ac = sched.alphas_cumprod[t]
-    snr = ac / (1 - ac)
-    return torch.clamp(snr, min=floor, max=gamma) / snr
-
-
 def stage_base() -> None:
     out = WORK / "base"
     if (out / "unet" / "config.json").exists():
@@ -343,9 +303,9 @@ def stage_base() -> None:
         caps = [redraw_caption(scenes[i], rng) for i in idx]
         z0 = lat[torch.from_numpy(idx)]
         noise = pyramid_noise(z0)
-        t = training_timesteps(B)
+        t = draw_timesteps(B, high_noise_share=0.5)
         pred = unet(sched.add_noise(z0, noise, t), t, encode_prompts(tok, te, caps)).sample
-        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
+        loss = eps_loss(pred, noise, sched, t)
         loss = optimise(opt, loss, params)
         ema_u.update(unet, step)
         ema_t.update(te, step)
@@ -470,13 +430,13 @@ def stage_controlnet() -> None:
         cond = torch.from_numpy(np.stack([world.edges(world.render(scenes[i])) for i in idx])).permute(0, 3, 1, 2).float() / 255
         z0 = lat[torch.from_numpy(idx)]
         noise = pyramid_noise(z0)
-        t = training_timesteps(B)
+        t = draw_timesteps(B, high_noise_share=0.5)
         zt = sched.add_noise(z0, noise, t)
         with torch.no_grad():
             enc = encode_prompts(tok, te, caps)
         down, mid = cn(zt, t, enc, controlnet_cond=cond, return_dict=False)
         pred = unet(zt, t, enc, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
+        loss = eps_loss(pred, noise, sched, t)
         return optimise(opt, loss, cn.parameters())
 
     run_loss = train_for("controlnet", CONTROLNET_S, state, opt, 1e-3, 50, step_fn,

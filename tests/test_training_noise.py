@@ -1,0 +1,36 @@
+"""How training samples are noised (sdwidgets.training.noise): timesteps, pyramid noise, weights."""
+from __future__ import annotations
+
+import torch
+
+from sdwidgets.training.architecture import training_scheduler
+from sdwidgets.training.noise import draw_timesteps, pyramid_noise, snr_weights
+
+
+def test_high_noise_share_draws_that_share_from_the_noisier_half():
+    t = draw_timesteps(4000, high_noise_share=0.5, generator=torch.Generator().manual_seed(0))
+    assert (t[:2000] >= 500).all() and t.min() >= 0 and t.max() <= 999
+    assert 0.45 < (t[2000:] >= 500).float().mean() < 0.55  # the rest stays uniform
+    assert (draw_timesteps(64, 1.0) >= 500).all()
+    plain = draw_timesteps(64, 0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3)))
+
+
+def test_pyramid_noise_has_unit_variance_and_strong_coarse_parts():
+    torch.manual_seed(0)
+    like = torch.zeros(256, 4, 16, 16)
+    noise = pyramid_noise(like)
+    assert noise.shape == like.shape
+    assert torch.allclose(noise.std(dim=(1, 2, 3)), torch.ones(256), atol=1e-4)
+    coarse, white = noise.mean(dim=(2, 3)).std(), torch.randn_like(like).mean(dim=(2, 3)).std()
+    assert coarse > 3 * white, (coarse, white)  # a channel's mean is no longer ~0
+
+
+def test_snr_floor_keeps_the_noisiest_timesteps_weighted():
+    sched = training_scheduler()
+    t = torch.tensor([10, 300, 999])
+    plain, floored = snr_weights(sched, t), snr_weights(sched, t, floor=0.05)
+    assert plain[0] < 0.1 and plain[1] == 1 and plain[2] == 1  # min-SNR(5): quiet steps capped
+    ac = sched.alphas_cumprod[999]
+    assert torch.isclose(floored[2], 0.05 / (ac / (1 - ac))) and floored[2] > 10
+    assert torch.equal(floored[:2], plain[:2])
