@@ -35,7 +35,7 @@ def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> tor
     noise = torch.randn_like(like)
     level = 1
     while h >> level >= 1 and w >> level >= 1:
-        coarse = torch.randn(b, c, h >> level, w >> level)
+        coarse = torch.randn(b, c, h >> level, w >> level, device=like.device)
         noise += discount ** level * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
         level += 1
     return noise / noise.std(dim=(1, 2, 3), keepdim=True)
@@ -44,11 +44,12 @@ def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> tor
 def snr_weights(sched, t: torch.Tensor, gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
     """Epsilon-loss weights: min-SNR(gamma) caps the quiet timesteps; ``floor`` > 0 keeps the
     x0-space weight of the noisiest ones at ``floor`` instead of letting it vanish with the SNR."""
-    ac = sched.alphas_cumprod[t]
+    ac = sched.alphas_cumprod.to(t.device)[t]
     snr = ac / (1 - ac)
     return torch.clamp(snr, min=floor, max=gamma) / snr
 
 
-def eps_loss(pred: torch.Tensor, noise: torch.Tensor, sched, t: torch.Tensor) -> torch.Tensor:
+def eps_loss(pred: torch.Tensor, noise: torch.Tensor, sched, t: torch.Tensor,
+             floor: float = SNR_FLOOR) -> torch.Tensor:
     """The recipe's loss: per-sample epsilon MSE weighted by :func:`snr_weights` (floor 0.05)."""
-    return (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=SNR_FLOOR)).mean()
+    return (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * snr_weights(sched, t, floor=floor)).mean()
