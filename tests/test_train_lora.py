@@ -64,11 +64,20 @@ def test_train_lora_reads_a_folder_with_sidecar_captions(tmp_path):
                      batch_size=2, high_noise_share=1.0, progress=False)
     meta = lora_metadata(out)
     assert meta["images"] == 3 and meta["high_noise_share"] == 1.0
+    assert meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the default device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_train_lora_asks_for_a_gpu_only_where_there_is_one():
+    images, captions = _rings(1)
+    with pytest.raises(ValueError, match="device 'cuda'.*no CUDA GPU"):
+        train_lora(images, captions, device="cuda")
 
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(rank=0), "rank"), (dict(steps=0), "steps"), (dict(lr=0.0), "lr"),
     (dict(output="x.bin"), "output"), (dict(high_noise_share=1.5), "high_noise_share"),
+    (dict(device="gpu0"), "device"),
 ])
 def test_train_lora_rejects_bad_arguments_before_any_work(kwargs, field):
     images, captions = _rings(1)

@@ -55,6 +55,23 @@ def _load_images(images, caption) -> tuple[list, list[str]]:
     return pics, captions
 
 
+def _training_device(device: str | None) -> str:
+    """``device`` checked before any work: None picks CUDA when there is one, else the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine's torch sees no CUDA GPU; use 'cpu' or leave it out")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return str(device)
+
+
 def train_lora(
     images: str | Path | Sequence,
     caption: str | Sequence[str] | None,
@@ -73,6 +90,7 @@ def train_lora(
     max_seconds: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> Path:
     """Train a LoRA on ``images`` (a folder or a list of PIL images / arrays) with ``caption``.
 
@@ -82,7 +100,8 @@ def train_lora(
     ``high_noise_share`` of each batch draws its timesteps from the noisier half (where a
     concept's layout is decided; 0 = the usual uniform draw).  Returns the path of the saved
     ``.safetensors`` file; the loss curve is saved in its metadata and next to it as
-    ``<name>.loss.json``.
+    ``<name>.loss.json``. ``device`` defaults to CUDA when there is one, else the CPU; the
+    random draws happen on the CPU either way, so a seed means the same batches everywhere.
     """
     import torch
     import torch.nn.functional as F
@@ -110,6 +129,7 @@ def train_lora(
     pics, captions = _load_images(images, caption)
     base_model = Path(base_model) if base_model is not None else default_base_model()
     alpha = float(alpha if alpha is not None else rank)
+    device = _training_device(device)
     target_modules = list(target_modules)
 
     # 2. Load the base model (frozen)
@@ -118,21 +138,21 @@ def train_lora(
         str(base_model), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     vae, te, tok, unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
     for m in (vae, te, unet):
-        m.requires_grad_(False)
+        m.requires_grad_(False).to(device)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     size = unet.config.sample_size * pipe.vae_scale_factor
 
     # 3. Encode images and captions once
     with torch.no_grad():
         x = torch.stack([torch.from_numpy(np.asarray(p.resize((size, size)), dtype=np.float32))
-                         for p in pics]).permute(0, 3, 1, 2) / 127.5 - 1
+                         for p in pics]).permute(0, 3, 1, 2).to(device) / 127.5 - 1
         latents = torch.cat([vae.encode(x[i:i + 32]).latent_dist.mean for i in range(0, len(x), 32)])
         latents = latents * vae.config.scaling_factor
         uniq = sorted(set(captions))
         ids = tok(uniq, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
-        emb_u = te(ids)[0]
-        emb = emb_u[torch.tensor([uniq.index(c) for c in captions])]
+        emb_u = te(ids.to(device))[0]
+        emb = emb_u[torch.tensor([uniq.index(c) for c in captions], device=device)]
     if trigger_words is None:
         vocab = {w[:-4] for w in tok.get_vocab() if w.endswith("</w>")}
         words = sorted({w for c in captions for w in c.lower().split()})
@@ -163,11 +183,11 @@ def train_lora(
     bar = tqdm(range(steps), desc="train_lora", disable=not progress, unit="step")
     for step in bar:
         idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen)
-        z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = draw_timesteps(len(idx), high_noise_share, noise_sched.config.num_train_timesteps, gen)
+        z0 = latents[idx.to(device)]
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        t = draw_timesteps(len(idx), high_noise_share, noise_sched.config.num_train_timesteps, gen).to(device)
         zt = noise_sched.add_noise(z0, noise, t)
-        pred = unet(zt, t, emb[idx]).sample
+        pred = unet(zt, t, emb[idx.to(device)]).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -182,7 +202,7 @@ def train_lora(
         if max_seconds is not None and time.time() - t0 > max_seconds:
             break
     bar.close()
-    unet.eval()
+    unet.eval().to("cpu")
     seconds = time.time() - t0
 
     # 6. Save in diffusers format, then add our metadata
@@ -206,7 +226,7 @@ def train_lora(
         "sdwidgets.target_modules": json.dumps(target_modules),
         "sdwidgets.steps": str(len(losses)), "sdwidgets.lr": str(lr),
         "sdwidgets.high_noise_share": str(high_noise_share),
-        "sdwidgets.batch_size": str(batch_size), "sdwidgets.images": str(len(pics)),
+        "sdwidgets.batch_size": str(batch_size), "sdwidgets.images": str(len(pics)), "sdwidgets.device": device,
         "sdwidgets.train_seconds": f"{seconds:.1f}",
         "sdwidgets.loss_curve": json.dumps(curve),
     })
