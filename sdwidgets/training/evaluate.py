@@ -25,6 +25,23 @@ def eval_prompts(n: int, seed: int = 2024) -> list[world.Scene]:
     return out
 
 
+def grammar_hits(scenes: list[world.Scene], images: list) -> dict[str, list[bool]]:
+    """Per prompt, whether the image shows its fg, bg, shape and position (and its size, for the
+    prompts that name one)."""
+    from .analyse import analyse
+
+    hits: dict[str, list[bool]] = {"fg": [], "bg": [], "shape": [], "position": [], "size": []}
+    for sc, im in zip(scenes, images):
+        r = analyse(im)
+        hits["fg"].append(r.fg == sc.fg)
+        hits["bg"].append(r.bg == sc.bg)
+        hits["shape"].append(r.shape == sc.shape)
+        hits["position"].append(r.at(sc.position))
+        if sc.size_word:
+            hits["size"].append(r.size == sc.size_word)
+    return hits
+
+
 def generate(pipe, prompts: list[str], seeds: list[int], batch: int = 24, **kw) -> list:
     images = []
     for i in range(0, len(prompts), batch):
@@ -58,18 +75,7 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
     scenes = eval_prompts(n_prompts)
     prompts = [world.caption_of(sc) for sc in scenes]
     imgs = generate(pipe, prompts, list(range(n_prompts)), guidance_scale=guidance)
-    hits = {"fg": [], "bg": [], "shape": [], "position": [], "size": []}
-    examples = []
-    for sc, im, pr in zip(scenes, imgs, prompts):
-        r = analyse(im)
-        hits["fg"].append(r.fg == sc.fg)
-        hits["bg"].append(r.bg == sc.bg)
-        hits["shape"].append(r.shape == sc.shape)
-        hits["position"].append(r.at(sc.position))
-        if sc.size_word:
-            hits["size"].append(r.size == sc.size_word)
-        if len(examples) < 8:
-            examples.append((pr, r.fg, r.shape, r.bg, round(r.cx), round(r.cy)))
+    hits = grammar_hits(scenes, imgs)
     res["prompts"] = n_prompts
     res.update({k: round(float(np.mean(v)), 4) for k, v in hits.items()})
     res["size_n"] = len(hits["size"])
