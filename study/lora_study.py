@@ -31,6 +31,9 @@ VARIANTS = {
     "n512_lr2": REF | dict(n=512, lr=2e-3),
     "share0": REF | dict(share=0.0),
     "b32": REF | dict(batch=32, steps=400),
+    "n512_lr3": REF | dict(n=512, lr=3e-3),
+    "n512_lr2_r16": REF | dict(n=512, lr=2e-3, rank=16),
+    "n1024_lr2": REF | dict(n=1024, lr=2e-3),
 }
 
 
