@@ -183,11 +183,12 @@ def train_lora(
     bar = tqdm(range(steps), desc="train_lora", disable=not progress, unit="step")
     for step in bar:
         idx = torch.randint(0, len(latents), (min(batch_size, len(latents)),), generator=gen)
-        z0 = latents[idx.to(device)]
+        idx = idx.to(device)
+        z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=gen).to(device)
         t = draw_timesteps(len(idx), high_noise_share, noise_sched.config.num_train_timesteps, gen).to(device)
         zt = noise_sched.add_noise(z0, noise, t)
-        pred = unet(zt, t, emb[idx.to(device)]).sample
+        pred = unet(zt, t, emb[idx]).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
