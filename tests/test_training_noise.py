@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from sdwidgets.training.architecture import training_scheduler
-from sdwidgets.training.noise import draw_timesteps, pyramid_noise, snr_weights
+from sdwidgets.training.noise import draw_timesteps, pyramid_noise, snr_weights, whiten_quiet
 
 
 def test_high_noise_share_draws_that_share_from_the_noisier_half():
@@ -34,3 +34,14 @@ def test_snr_floor_keeps_the_noisiest_timesteps_weighted():
     ac = sched.alphas_cumprod[999]
     assert torch.isclose(floored[2], 0.05 / (ac / (1 - ac))) and floored[2] > 10
     assert torch.equal(floored[:2], plain[:2])
+
+
+def test_whiten_quiet_redraws_only_the_quiet_samples_as_white_noise():
+    torch.manual_seed(0)
+    noise = pyramid_noise(torch.zeros(512, 4, 16, 16))
+    t = torch.cat([torch.full((256,), 100), torch.full((256,), 800)])
+    out = whiten_quiet(noise, t, 500)
+    assert torch.equal(out[256:], noise[256:])  # the layout-deciding half keeps its pyramid noise
+    assert not torch.equal(out[:256], noise[:256])
+    quiet_coarse, loud_coarse = out[:256].mean(dim=(2, 3)).std(), out[256:].mean(dim=(2, 3)).std()
+    assert quiet_coarse < 0.15 < loud_coarse, (quiet_coarse, loud_coarse)  # white: channel means ~0 (std 1/16)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_BASE_S": "4", "SDW_RESTART_S": "2",
+TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_POLISH_S": "2",
                 "SDW_CONTROLNET_S": "3", "SDW_LORA_S": "3", "SDW_N_TRAIN": "256",
                 "SDW_EVAL_N": "6", "SDW_EVAL_SMALL": "3"}
 
@@ -36,7 +36,7 @@ def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
 
     tmp, out = trained
     asset = tmp / "asset"
-    for stage in ("vae", "base", "restart", "decoder", "export", "controlnet", "lora", "evaluate"):
+    for stage in ("vae", "base", "restart", "polish", "decoder", "adapt", "export", "controlnet", "lora", "evaluate"):
         assert f"stage {stage}:" in out
     pipe = StableDiffusionPipeline.from_pretrained(str(asset), torch_dtype=torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)
@@ -55,6 +55,8 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert rec["vae"]["factor"] in (4, 8) and rec["base"]["steps"] > 0 and rec["controlnet"]["steps"] > 0
     assert rec["base"]["loss_curve_every_50"], "the base stage records its loss curve"
     assert rec["restart"]["steps"] > 0 and rec["restart"]["lr"] == 3e-4
+    assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
+    assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
     scores = json.loads((tmp / "work" / "eval.json").read_text())
     assert scores["prompts"] == 6 and 0 <= scores["fg"] <= 1 and set(scores["lora_ring_share"]) == {
         "0.0", "0.25", "0.5", "0.75", "1.0"}
@@ -69,8 +71,9 @@ def test_recipe_resumes_instead_of_retraining(trained):
     before = weights.stat().st_mtime_ns
     out = _recipe(tmp, "base")
     assert "base: exists, skipped" in out and weights.stat().st_mtime_ns == before
-    out = _recipe(tmp, "restart")  # the restart is done too, so it leaves the weights alone
-    assert "restart: exists, skipped" in out and weights.stat().st_mtime_ns == before
+    for stage in ("restart", "polish"):  # done too, so they leave the weights alone
+        out = _recipe(tmp, stage)
+        assert f"{stage}: exists, skipped" in out and weights.stat().st_mtime_ns == before
 
 
 def test_unknown_stage_is_named_with_the_choices(tmp_path):

@@ -17,7 +17,7 @@ def write_model_card() -> None:
 def render_card(rec: dict, res: dict, rows: list) -> str:
     """The model card (assets/shapes/README.md), filled with the recorded numbers."""
     vae, base, cn, lora = rec.get("vae", {}), rec.get("base", {}), rec.get("controlnet", {}), rec.get("lora", {})
-    restart = rec.get("restart", {})
+    restart, polish, adapt = rec.get("restart", {}), rec.get("polish", {}), rec.get("adapt", {})
     probe = rec.get("vae_probe", {})
     sizes = rec.get("weights_bytes", {})
     table = "\n".join(f"| {n} | {v} | {b} | {'yes' if ok else '**no**'} |" for n, v, b, ok in rows) or "| (not evaluated yet) | | | |"
@@ -81,7 +81,7 @@ with `torch_dtype=torch.float32` on CPU.
 {files}
 
 ## How it was trained
-`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `decoder`, `export`, `controlnet`,
+`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `polish`, `decoder`, `adapt`, `export`, `controlnet`,
 `lora`, `export`, `evaluate`; fixed seeds, resumable checkpoints, each stage skipped when its output
 exists) on a shared 2-core CPU, torch 2 threads, no GPU. Budgets are wall-clock, so the number of
 steps depends on the machine's load (the CPU was shared with other work during this run).
@@ -94,7 +94,11 @@ steps depends on the machine's load (the CPU was shared with other work during t
    far fewer steps because the CPU was busy, so the probe alone is not conclusive; f=4 was also
    the choice the planning probe pointed to: an f=8 VAE blurred rings into discs). f=4 stays
    within the speed bar. Final: {g(vae, "steps")} steps, {g(vae, "train_s")} s, then the decoder alone
-   (stage `decoder`, encoder frozen) {g(vae.get("decoder_polish", {}), "steps")} steps in {g(vae.get("decoder_polish", {}), "train_s")} s.
+   (stage `decoder`, encoder frozen, 60% captioned-world images) {g(vae.get("decoder_polish", {}), "steps")} steps in {g(vae.get("decoder_polish", {}), "train_s")} s.
+   Then (stage `adapt`, after the base) the decoder learnt the base's own latents too: {g(adapt, "pairs")}
+   img2img outputs of the base (strengths {g(adapt, "strengths")}, full captions) with their renders as
+   targets, kept where the decoded shape overlaps the render with IoU >= {g(adapt, "min_iou")} (of
+   {g(adapt, "candidates")}), mixed half and half with round trips; {g(adapt, "steps")} steps in {g(adapt, "train_s")} s.
    Held-out pixel accuracy (nearest palette colour of the decode = the rendered colour): on the
    captioned world with rings mixed in (what the models draw) **{g(vae, "captioned_pixel_accuracy", "{:.2%}")}**;
    on rings alone {g(vae, "ring_pixel_accuracy", "{:.2%}")}; on the broad world (stripes, thin lines,
@@ -110,6 +114,9 @@ steps depends on the machine's load (the CPU was shared with other work during t
    {g(base, "steps")} steps in {g(base, "train_s")} s. Then a warm restart (stage `restart`): from the
    EMA weights, a fresh AdamW at {g(restart, "lr")}, warmup 100, cosine, same data and noise;
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
+   Then a polish (stage `polish`): again from the EMA weights, AdamW {g(polish, "lr")}, warmup 50,
+   cosine, uniform timesteps, white noise below t=500 (pyramid noise above, where position is
+   decided); {g(polish, "steps")} steps in {g(polish, "train_s")} s, for sharper corners.
 3. **ControlNet canny** from the UNet, base frozen, same data with Canny edges of the renders;
    AdamW 1e-3, batch {g(cn, "batch")}, timesteps drawn like the base's; {g(cn, "steps")} steps in {g(cn, "train_s")} s.
 4. **LoRA ring** with `sdwidgets.train_lora` on {g(lora, "images")} rendered rings captioned e.g.
@@ -152,17 +159,17 @@ def _shortfalls(rows: list, vae: dict) -> str:
     if not missed:
         return ""
     return ("- **Below issue 3's bars on:** " + "; ".join(missed) + ". Longer budgets (`SDW_BASE_S`, "
-            "`SDW_RESTART_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
+            "`SDW_RESTART_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
 
 
 def _budget_line(rec: dict) -> str:
     """The recipe's default training time next to what the shipped weights actually had."""
-    default = (2 * ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.BASE_S + ws.RESTART_S
-               + ws.CONTROLNET_S + ws.LORA_S)
+    default = (2 * ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S
+               + ws.POLISH_S + ws.CONTROLNET_S + ws.LORA_S)
     vae = rec.get("vae", {})
     spent = [2 * rec.get("vae_probe", {}).get("probe_s", 0), vae.get("train_s", 0),
              vae.get("decoder_polish", {}).get("train_s", 0)]
-    spent += [rec.get(k, {}).get("train_s", 0) for k in ("base", "restart", "controlnet", "lora")]
+    spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "polish", "controlnet", "lora")]
     return (f"With the default budgets the stages train for {default / 60:.0f} min in all (plus about "
             f"10 min of encoding, export and evaluation); the shipped weights had longer budgets, "
             f"{sum(spent) / 60:.0f} min of training in all.")

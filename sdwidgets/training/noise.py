@@ -41,6 +41,15 @@ def pyramid_noise(like: torch.Tensor, discount: float = PYRAMID_DISCOUNT) -> tor
     return noise / noise.std(dim=(1, 2, 3), keepdim=True)
 
 
+def whiten_quiet(noise: torch.Tensor, t: torch.Tensor, white_below: int) -> torch.Tensor:
+    """``noise`` with the samples at timesteps below ``white_below`` redrawn as white noise: where
+    the image is already visible, fine detail (edges, corners) is what is left to learn."""
+    quiet = t < white_below
+    out = noise.clone()
+    out[quiet] = torch.randn_like(noise[quiet])
+    return out
+
+
 def snr_weights(sched, t: torch.Tensor, gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
     """Epsilon-loss weights: min-SNR(gamma) caps the quiet timesteps; ``floor`` > 0 keeps the
     x0-space weight of the noisiest ones at ``floor`` instead of letting it vanish with the SNR."""
