@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -284,11 +285,13 @@ def test_one_progress_bar_for_the_cell_instead_of_one_per_pipeline_call(ip, sess
 
 
 def test_ctrl_c_interrupts_cleanly_and_the_partial_run_is_logged(ip, session):
-    publisher = ActingPublisher(lambda: os.kill(os.getpid(), signal.SIGINT))   # what Ctrl-C / Stop sends
+    def ctrl_c():  # what Ctrl-C / Stop sends; sent from the generating thread (the preview update),
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # so the main thread handles it before a fast run has finished anyway
+
+    publisher = ActingPublisher(ctrl_c)
     saved, ip.display_pub = ip.display_pub, publisher
     try:
-        # 40 steps: the first preview update (which sends the signal) may come several steps in,
-        # and 8 steps could finish before the interrupt lands
         assert ip.run_cell_magic("sd", "--steps 40 --out r", PROMPT) is None
     finally:
         ip.display_pub = saved
