@@ -291,10 +291,14 @@ def test_ctrl_c_interrupts_cleanly_and_the_partial_run_is_logged(ip, session):
 
     publisher = ActingPublisher(ctrl_c)
     saved, ip.display_pub = ip.display_pub, publisher
+    # Python's own Ctrl-C handler, as in a terminal or a kernel: a process started in the
+    # background by a non-interactive shell inherits SIGINT ignored
+    saved_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert ip.run_cell_magic("sd", "--steps 40 --out r", PROMPT) is None
     finally:
         ip.display_pub = saved
+        signal.signal(signal.SIGINT, saved_handler)
     run = ip.user_ns["r"]
     assert run.status == "interrupted" and len(run.steps) < 40
     assert list(session.log.df["status"]) == ["interrupted"]
