@@ -169,20 +169,26 @@ def decoder_images(rng: np.random.Generator, n: int = 32) -> np.ndarray:
                      if rng.random() < DECODER_CAPTIONED_SHARE else world.render_broad(rng) for _ in range(n)])
 
 
+def _decoder_only(lr: float):
+    """The working VAE with its encoder frozen (so the base's latents stay valid), the decoder's
+    parameters and an AdamW over them."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(WORK / "vae")
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    return vae, params, torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def stage_decoder() -> None:
     """Polish the VAE decoder with the encoder frozen (the base model's latents stay valid)."""
     done = WORK / "vae" / "decoder_polish.json"
     if done.exists():
         log("decoder: exists, skipped")
         return
-    from diffusers import AutoencoderKL
-
     t_stage = time.time()
-    vae = AutoencoderKL.from_pretrained(WORK / "vae")
-    vae.encoder.requires_grad_(False)
-    vae.quant_conv.requires_grad_(False)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    vae, params, opt = _decoder_only(3e-4)
     ckpt = WORK / "decoder.pt"
     state = _resume(ckpt, {"model": vae}, opt)
     imgs, labels = heldout_images()
@@ -272,15 +278,9 @@ def stage_adapt() -> None:
     if done.exists():
         log("adapt: exists, skipped")
         return
-    from diffusers import AutoencoderKL
-
     t_stage = time.time()
     gen_z, gen_x = generated_pairs()
-    vae = AutoencoderKL.from_pretrained(WORK / "vae")
-    vae.encoder.requires_grad_(False)
-    vae.quant_conv.requires_grad_(False)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=ADAPT_LR, weight_decay=0.0)
+    vae, params, opt = _decoder_only(ADAPT_LR)
     ckpt = WORK / "adapt.pt"
     state = _resume(ckpt, {"model": vae}, opt)
     before = vae_scores(vae)
