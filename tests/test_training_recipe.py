@@ -28,7 +28,7 @@ def _recipe(tmp_path, *stage: str) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe")
-    return tmp, _recipe(tmp, "all")
+    return tmp, _recipe(tmp, "all") + _recipe(tmp, "polish")  # polish: a stage outside "all"
 
 
 def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
@@ -81,3 +81,18 @@ def test_unknown_stage_is_named_with_the_choices(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sdwidgets.training.shapes", "unet"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown stage 'unet'" in done.stderr and "controlnet" in done.stderr
+
+
+def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
+    from sdwidgets.training import workspace as ws
+    from sdwidgets.training.model_card import render_card
+
+    run = {"date": "2026-11-26", "wall_min": 117.4, "steps": {"base": 1900, "restart": 1500},
+           "rows": [["position accuracy (240 prompts)", "41.0%", ">= 85%", False]], "comment": "Position is the gap."}
+    card = render_card({"from_scratch": run}, {}, [])
+    assert "**From scratch with the default budgets** (2026-11-26, idle CPU): 117 min" in card
+    assert "base 1900, restart 1500 steps" in card and "| position accuracy (240 prompts) | 41.0% | >= 85% | **no** |" in card
+    default = (ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S
+               + ws.CONTROLNET_S + ws.LORA_S) / 60
+    assert f"the stages train for {default:.0f} min in all" in card and default <= 105  # + ~15 min overhead: 2 h
+    assert "From scratch" not in render_card({}, {}, [])

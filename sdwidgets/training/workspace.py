@@ -18,14 +18,14 @@ TIMINGS = WORK / "timings.json"
 SEED = 1234
 
 # Wall-clock budgets (seconds) of the stages on the 2-core CPU, and the size of the captioned world.
-VAE_PROBE_S = float(os.environ.get("SDW_VAE_PROBE_S", 180))
-VAE_S = float(os.environ.get("SDW_VAE_S", 780))
-DECODER_S = float(os.environ.get("SDW_DECODER_S", 480))
-ADAPT_S = float(os.environ.get("SDW_ADAPT_S", 600))
-BASE_S = float(os.environ.get("SDW_BASE_S", 2400))
-RESTART_S = float(os.environ.get("SDW_RESTART_S", 1500))
+VAE_PROBE_S = float(os.environ.get("SDW_VAE_PROBE_S", 120))
+VAE_S = float(os.environ.get("SDW_VAE_S", 660))
+DECODER_S = float(os.environ.get("SDW_DECODER_S", 360))
+ADAPT_S = float(os.environ.get("SDW_ADAPT_S", 420))
+BASE_S = float(os.environ.get("SDW_BASE_S", 2000))
+RESTART_S = float(os.environ.get("SDW_RESTART_S", 1600))
 POLISH_S = float(os.environ.get("SDW_POLISH_S", 900))
-CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 600))
+CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 540))
 LORA_S = float(os.environ.get("SDW_LORA_S", 270))
 N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
 
