@@ -53,6 +53,10 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     tmp, out = trained
     rec = json.loads((tmp / "work" / "timings.json").read_text())
     assert rec["vae"]["factor"] in (4, 8) and rec["base"]["steps"] > 0 and rec["controlnet"]["steps"] > 0
+    probe = rec["vae_probe"]  # pixels and shapes read back, per factor; f=8 only if not worse on either
+    assert all(0 <= probe[k] <= 1 for k in ("f4", "f8", "f4_shape", "f8_shape"))
+    worse = probe["f8"] < probe["f4"] - 0.005 or probe["f8_shape"] < probe["f4_shape"] - 0.02
+    assert probe["chosen"] == (4 if worse else 8) == rec["vae"]["factor"]
     assert rec["base"]["loss_curve_every_50"], "the base stage records its loss curve"
     assert rec["restart"]["steps"] > 0 and rec["restart"]["lr"] == 3e-4
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
@@ -96,3 +100,16 @@ def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
                + ws.CONTROLNET_S + ws.LORA_S) / 60
     assert f"the stages train for {default:.0f} min in all" in card and default <= 105  # + ~15 min overhead: 2 h
     assert "From scratch" not in render_card({}, {}, [])
+
+
+def test_roundtrip_shape_accuracy_tells_the_shipped_vae_from_an_untrained_one():
+    from diffusers import AutoencoderKL
+
+    from sdwidgets.training.architecture import vae_config
+    from sdwidgets.training.shapes import roundtrip_shape_accuracy
+    from sdwidgets.training.workspace import ASSET
+
+    shipped = AutoencoderKL.from_pretrained(ASSET / "vae", torch_dtype=torch.float32)
+    assert roundtrip_shape_accuracy(shipped) >= 0.85  # 0.93 measured
+    torch.manual_seed(0)
+    assert roundtrip_shape_accuracy(AutoencoderKL(**vae_config(4))) <= 0.4  # 0.14 measured
