@@ -20,7 +20,7 @@ def render_card(rec: dict, res: dict, rows: list) -> str:
     restart, polish, adapt = rec.get("restart", {}), rec.get("polish", {}), rec.get("adapt", {})
     probe = rec.get("vae_probe", {})
     sizes = rec.get("weights_bytes", {})
-    table = "\n".join(f"| {n} | {v} | {b} | {'yes' if ok else '**no**'} |" for n, v, b, ok in rows) or "| (not evaluated yet) | | | |"
+    table = _table_rows(rows) or "| (not evaluated yet) | | | |"
     files = "\n".join(f"| `{k}` | {v / 1e6:.2f} MB |" for k, v in sizes.items() if k != "total")
     g = lambda d, k, fmt="{}": fmt.format(d[k]) if k in d else "?"  # noqa: E731
     return f"""---
@@ -178,12 +178,17 @@ def _budget_line(rec: dict) -> str:
             f"budgets, {sum(spent) / 60:.0f} min of training in all.")
 
 
+def _table_rows(rows: list) -> str:
+    """(measure, value, bar, met) rows as markdown table lines."""
+    return "\n".join(f"| {n} | {v} | {b} | {'yes' if ok else '**no**'} |" for n, v, b, ok in rows)
+
+
 def _from_scratch(run: dict | None) -> str:
     """What one run of the default recipe from an empty working folder took and scored."""
     if not run:
         return ""
     steps = ", ".join(f"{k} {v}" for k, v in run["steps"].items())
-    rows = "\n".join(f"| {n} | {v} | {b} | {'yes' if ok else '**no**'} |" for n, v, b, ok in run["rows"])
+    rows = _table_rows(run["rows"])
     return (f"\n**From scratch with the default budgets** ({run['date']}, idle CPU): "
             f"{run['wall_min']:.0f} min wall clock for `all`, from an empty working folder to the "
             f"evaluated model ({steps} steps). Its scores:\n\n| measure | value | bar | met |\n"

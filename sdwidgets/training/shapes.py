@@ -71,23 +71,20 @@ def heldout_images(n: int = 256) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def vae_accuracy(vae, imgs: np.ndarray, labels: np.ndarray) -> float:
+def round_trips(vae, imgs: np.ndarray) -> np.ndarray:
+    """uint8 renders -> their decodes (posterior mean) as uint8, in batches of 64."""
     vae.eval()
-    out = []
-    for i in range(0, len(imgs), 64):
-        x = world.to_tensor(imgs[i:i + 64])
-        z = vae.encode(x).latent_dist.mean
-        y = vae.decode(z).sample
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        out.append(y)
-    y = np.concatenate(out)
-    pred = np.stack([world.nearest_palette(im) for im in y])
+    out = [world.to_uint8(vae.decode(vae.encode(world.to_tensor(imgs[i:i + 64])).latent_dist.mean).sample)
+           for i in range(0, len(imgs), 64)]
     vae.train()
+    return np.concatenate(out)
+
+
+def vae_accuracy(vae, imgs: np.ndarray, labels: np.ndarray) -> float:
+    pred = np.stack([world.nearest_palette(im) for im in round_trips(vae, imgs)])
     return float((pred == labels).mean())
 
 
-
-@torch.no_grad()
 def roundtrip_shape_accuracy(vae, n: int = 192) -> float:
     """Share of rendered scenes whose VAE round trip the analyser still reads as the right shape.
     (Pixel accuracy is mostly background: 120-s probes scored f=4 / f=8 at 60.1 / 62.4% pixels
@@ -96,11 +93,8 @@ def roundtrip_shape_accuracy(vae, n: int = 192) -> float:
 
     rng = np.random.default_rng(888_888)
     scenes = [world.sample_scene(rng, force_full=True) for _ in range(n)]
-    vae.eval()
-    y = vae.decode(vae.encode(world.to_tensor(np.stack([world.render(s) for s in scenes]))).latent_dist.mean).sample
-    vae.train()
-    y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return float(np.mean([analyse(im).shape == s.shape for im, s in zip(y, scenes)]))
+    decodes = round_trips(vae, np.stack([world.render(s) for s in scenes]))
+    return float(np.mean([analyse(im).shape == s.shape for im, s in zip(decodes, scenes)]))
 
 
 def _vae_for(factor: int, tag: str, seconds: float):
@@ -187,16 +181,17 @@ def decoder_images(rng: np.random.Generator, n: int = 32) -> np.ndarray:
                      if rng.random() < DECODER_CAPTIONED_SHARE else world.render_broad(rng) for _ in range(n)])
 
 
-def _decoder_only(lr: float):
+def _decoder_only(lr: float, ckpt: Path):
     """The working VAE with its encoder frozen (so the base's latents stay valid), the decoder's
-    parameters and an AdamW over them."""
+    parameters, an AdamW over them, and the loop state, all resumed from ``ckpt`` if it exists."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(WORK / "vae")
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    return vae, params, torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return vae, params, opt, _resume(ckpt, {"model": vae}, opt)
 
 
 def stage_decoder() -> None:
@@ -206,9 +201,8 @@ def stage_decoder() -> None:
         log("decoder: exists, skipped")
         return
     t_stage = time.time()
-    vae, params, opt = _decoder_only(3e-4)
     ckpt = WORK / "decoder.pt"
-    state = _resume(ckpt, {"model": vae}, opt)
+    vae, params, opt, state = _decoder_only(3e-4, ckpt)
     imgs, labels = heldout_images()
     before = vae_accuracy(vae, imgs, labels)
 
@@ -281,7 +275,7 @@ def generated_pairs(n: int = ADAPT_CANDIDATES, batch: int = 32) -> tuple[torch.T
         z = i2i([world.caption_of(sc) for sc in scenes], image=(world.to_tensor(imgs) + 1) / 2,
                 strength=strength, num_inference_steps=20, guidance_scale=7.5, output_type="latent",
                 generator=torch.Generator().manual_seed(SEED + i)).images / i2i.vae.config.scaling_factor
-        decoded = ((i2i.vae.decode(z).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        decoded = world.to_uint8(i2i.vae.decode(z).sample)
         keep = [k for k, sc in enumerate(scenes) if iou(blob_mask(decoded[k]), world.shape_mask(sc)) >= ADAPT_MIN_IOU]
         latents.append(z[keep])
         images.append(imgs[keep])
@@ -298,9 +292,8 @@ def stage_adapt() -> None:
         return
     t_stage = time.time()
     gen_z, gen_x = generated_pairs()
-    vae, params, opt = _decoder_only(ADAPT_LR)
     ckpt = WORK / "adapt.pt"
-    state = _resume(ckpt, {"model": vae}, opt)
+    vae, params, opt, state = _decoder_only(ADAPT_LR, ckpt)
     before = vae_scores(vae)
 
     n_gen = 16 if len(gen_z) else 0  # (tiny test budgets may keep no pair)

@@ -255,6 +255,11 @@ def to_tensor(imgs: np.ndarray):
     return x / 127.5 - 1.0
 
 
+def to_uint8(x) -> np.ndarray:
+    """float NCHW in [-1, 1] (a decode) -> uint8 NHWC: the inverse of :func:`to_tensor`."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 def nearest_palette(img: np.ndarray) -> np.ndarray:
     """Index of the nearest palette colour of each pixel (HxW int)."""
     d = ((img[..., None, :].astype(np.int32) - PALETTE_ARRAY.astype(np.int32)) ** 2).sum(-1)
