@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from sdwidgets.training.architecture import training_scheduler
-from sdwidgets.training.noise import draw_timesteps, pyramid_noise, snr_weights, whiten_quiet
+from sdwidgets.training.noise import blind_top, draw_timesteps, pyramid_noise, snr_weights, whiten_quiet
 
 
 def test_high_noise_share_draws_that_share_from_the_noisier_half():
@@ -45,3 +45,23 @@ def test_whiten_quiet_redraws_only_the_quiet_samples_as_white_noise():
     assert not torch.equal(out[:256], noise[:256])
     quiet_coarse, loud_coarse = out[:256].mean(dim=(2, 3)).std(), out[256:].mean(dim=(2, 3)).std()
     assert quiet_coarse < 0.15 < loud_coarse, (quiet_coarse, loud_coarse)  # white: channel means ~0 (std 1/16)
+
+
+def test_blind_top_hides_the_layout_only_at_the_top_timesteps():
+    sched = training_scheduler()
+    torch.manual_seed(0)
+    z0 = torch.randn(8, 4, 16, 16)
+    noise = torch.randn_like(z0)
+    t = torch.tensor([999, 951, 900, 899, 500, 100, 950, 10])
+    x_t = sched.add_noise(z0, noise, t)
+    torch.manual_seed(1)
+    blind_x, target = blind_top(z0, x_t, noise, t, sched, 900)
+    top = t >= 900
+    assert torch.equal(blind_x[~top], x_t[~top]) and torch.equal(target[~top], noise[~top])
+    # the top samples carry nothing of z0: the same draw with another z0 gives the same input
+    torch.manual_seed(1)
+    other_x, _ = blind_top(-z0, sched.add_noise(-z0, noise, t), noise, t, sched, 900)
+    assert torch.equal(blind_x[top], other_x[top]) and (blind_x[top] - x_t[top]).abs().mean() > 0.1
+    assert torch.allclose(blind_x[top].std(), torch.tensor(1.0), atol=0.05)  # white, like the sampler's start
+    # ... and the target is the epsilon that maps that input back to z0 under the schedule
+    assert torch.allclose(sched.add_noise(z0, target, t)[top], blind_x[top], atol=1e-5)

@@ -116,6 +116,10 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    {g(base, "steps")} steps in {g(base, "train_s")} s. Then a warm restart (stage `restart`): from the
    EMA weights, a fresh AdamW at {g(restart, "lr")}, warmup 100, cosine, same data and noise;
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
+   The recipe now also makes the base's and the restart's samples at t >= 900 "blind" (x_t pure
+   white noise, as the sampler's first step sees it, with the epsilon that maps it back to the
+   image as target), so that only the prompt can tell the layout there; the shipped weights
+   were trained before that change, the from-scratch run above with it.
    Then a polish (stage `polish`, not in `all`): again from the EMA weights, AdamW {g(polish, "lr")}, warmup 50,
    cosine, uniform timesteps, white noise below t=500 (pyramid noise above, where position is
    decided); {g(polish, "steps")} steps in {g(polish, "train_s")} s, for sharper corners.

@@ -3,8 +3,8 @@ which timesteps, what noise, and how the epsilon loss is weighted.
 
 Under Stable Diffusion's schedule (terminal SNR 0.005) this world's flat blobs stay visible in
 the low frequencies of x_t almost to t=1000, so a model trained the plain way reads the layout
-off the noise and learns little from position words. The three pieces below counter that; each
-is recorded on the model card with the base step where it took effect.
+off the noise and learns little from position words. The pieces below counter that; each is
+recorded on the model card with the base step where it took effect.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 SNR_FLOOR = 0.05  # from base step 3,191 on (see eps_loss); 0 before
 PYRAMID_DISCOUNT = 0.8  # from base step 3,651 on (see pyramid_noise); white noise before
+BLIND_FROM = 900  # the recipe's base and restart (see blind_top); the shipped weights predate it
 
 
 def draw_timesteps(n: int, high_noise_share: float = 0.0, num_train_timesteps: int = 1000,
@@ -48,6 +49,19 @@ def whiten_quiet(noise: torch.Tensor, t: torch.Tensor, white_below: int) -> torc
     out = noise.clone()
     out[quiet] = torch.randn_like(noise[quiet])
     return out
+
+
+def blind_top(z0: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sched,
+              blind_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, epsilon target)`` with the samples at timesteps >= ``blind_from`` made "blind": x_t
+    is pure white noise, as the sampler's first step sees it (SD's schedule still leaks the layout
+    at t=999 in training), and the target is the epsilon that maps it back to ``z0``. There the
+    model can only learn the layout that the prompt implies, so position words get a gradient."""
+    blind = (t >= blind_from).view(-1, 1, 1, 1)
+    ab = sched.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
+    pure = torch.randn_like(x_t)
+    eps = (pure - ab.sqrt() * z0) / (1 - ab).sqrt()
+    return torch.where(blind, pure, x_t), torch.where(blind, eps, noise)
 
 
 def snr_weights(sched, t: torch.Tensor, gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:

@@ -33,7 +33,7 @@ from . import world
 from .architecture import default_scheduler, text_config, training_scheduler, unet_config, vae_config
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
-from .noise import PYRAMID_DISCOUNT, SNR_FLOOR, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
+from .noise import BLIND_FROM, PYRAMID_DISCOUNT, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
 from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, SEED,
                         VAE_PROBE_S, VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
 
@@ -401,10 +401,11 @@ class EMA:
 
 def base_loss(unet, te, tok, sched, scenes: list[world.Scene], lat: torch.Tensor, step: int,
               batch: int = 64, *, discount: float = PYRAMID_DISCOUNT, high_noise_share: float = 0.5,
-              snr_floor: float = SNR_FLOOR, white_below: int = 0) -> torch.Tensor:
+              snr_floor: float = SNR_FLOOR, white_below: int = 0, blind_from: int = BLIND_FROM) -> torch.Tensor:
     """The base's training loss at ``step``: a seeded batch of stored scenes with freshly drawn
     captions, noised as :mod:`.noise` says (``discount=0``: white noise; samples at timesteps
-    below ``white_below`` get white noise too). On ``lat``'s device."""
+    below ``white_below`` get white noise too; those at ``blind_from`` and above see pure noise,
+    see :func:`.noise.blind_top`; 0 turns that off). On ``lat``'s device."""
     rng = np.random.default_rng(SEED * 7 + step)
     idx = rng.integers(len(scenes), size=batch)
     caps = [redraw_caption(scenes[i], rng) for i in idx]
@@ -413,8 +414,11 @@ def base_loss(unet, te, tok, sched, scenes: list[world.Scene], lat: torch.Tensor
     t = draw_timesteps(batch, high_noise_share=high_noise_share).to(lat.device)
     if white_below:
         noise = whiten_quiet(noise, t, white_below)
-    pred = unet(sched.add_noise(z0, noise, t), t, encode_prompts(tok, te, caps)).sample
-    return eps_loss(pred, noise, sched, t, floor=snr_floor)
+    x_t, target = sched.add_noise(z0, noise, t), noise
+    if blind_from:
+        x_t, target = blind_top(z0, x_t, noise, t, sched, blind_from)
+    pred = unet(x_t, t, encode_prompts(tok, te, caps)).sample
+    return eps_loss(pred, target, sched, t, floor=snr_floor)
 
 
 BASE_BATCH = 64
@@ -466,7 +470,7 @@ def stage_base() -> None:
     state, final_loss = _train_base(unet, te, tok, WORK / "base.pt", BASE_S, 6e-4, 300)
     unet.save_pretrained(out / "unet")
     te.save_pretrained(out / "text_encoder")
-    record("base", dict(steps=state["step"], batch=BASE_BATCH, train_s=round(state["elapsed"]),
+    record("base", dict(steps=state["step"], batch=BASE_BATCH, blind_from=BLIND_FROM, train_s=round(state["elapsed"]),
                         stage_wall_s=round(time.time() - t_stage), final_loss=final_loss,
                         unet_params=sum(p.numel() for p in unet.parameters()),
                         text_params=sum(p.numel() for p in te.parameters()),
