@@ -1,0 +1,49 @@
+"""CPU pilot (2026-11-26): can the UNet learn to place a blob from pure noise at all? Train only the
+sampler's first step (t=951, pure-noise input, x0 regression) from scratch and watch how far "on the
+left" vs "on the right" moves x0, against colour words. Usage: first_step_pilot.py now|deep SECONDS
+[LATENTS.pt] (the f=4 latents that `shapes` writes to training-work/latents.pt). Result: after
+1,200 steps colour moved x0 by 0.27 / 0.31, position by 0.005 / 0.004-0.02 (current / deep UNet)."""
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+torch.set_num_threads(1)
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+from sdwidgets.training import architecture as A, world
+from sdwidgets.training.shapes import encode_prompts, redraw_caption
+from sdwidgets.training.workspace import SEED, lr_at, optimise
+
+name, wall = sys.argv[1], float(sys.argv[2])
+A.UNET_CHANNELS = {"now": (48, 96, 128), "deep": (48, 96, 128, 128)}[name]
+tok = CLIPTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "sdwidgets/assets/shapes/tokenizer"))
+d = torch.load(sys.argv[3] if len(sys.argv) > 3 else "training-work/latents.pt", weights_only=False)
+scenes, lat = [world.Scene(**s) for s in d["scenes"]], d["latents"]
+torch.manual_seed(SEED)
+unet, te = UNet2DConditionModel(**A.unet_config(4)), CLIPTextModel(A.text_config(tok))
+params = list(unet.parameters()) + list(te.parameters())
+opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.01)
+T = 951
+ab = A.training_scheduler().alphas_cumprod[T].item()
+probe = torch.randn(16, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+
+def x0_of(noise, caps):
+    eps = unet(noise, torch.full((len(caps),), T), encode_prompts(tok, te, caps)).sample
+    return (noise - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+
+print(name, "unet params", sum(p.numel() for p in unet.parameters()), flush=True)
+t0, step = time.time(), 0
+while time.time() - t0 < wall:
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, 10_000, 6e-4, warmup=50)
+    rng = np.random.default_rng(SEED * 7 + step)
+    idx = rng.integers(len(scenes), size=32)
+    caps = [redraw_caption(scenes[i], rng) for i in idx]
+    z0 = lat[torch.from_numpy(idx)]
+    loss = optimise(opt, ((x0_of(torch.randn_like(z0), caps) - z0) ** 2).mean(), params)
+    step += 1
+    if step % 50 == 0:
+        with torch.no_grad():
+            x = [x0_of(probe, [p] * 16).mean(0) for p in ("a large red circle on the left on a blue background",
+                 "a large red circle on the right on a blue background", "a large green circle on the left on a blue background")]
+        print(name, json.dumps(dict(step=step, s=round(time.time() - t0), loss=round(loss, 4),
+              lr=round((x[0] - x[1]).abs().mean().item(), 4), rg=round((x[0] - x[2]).abs().mean().item(), 4))), flush=True)
