@@ -65,3 +65,30 @@ def test_blind_top_hides_the_layout_only_at_the_top_timesteps():
     assert torch.allclose(blind_x[top].std(), torch.tensor(1.0), atol=0.05)  # white, like the sampler's start
     # ... and the target is the epsilon that maps that input back to z0 under the schedule
     assert torch.allclose(sched.add_noise(z0, target, t)[top], blind_x[top], atol=1e-5)
+
+
+def test_base_loss_applies_its_blind_and_floor_keywords():
+    """The recipe's stages steer the base only through base_loss's keywords: each must reach the loss."""
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from sdwidgets.training import world
+    from sdwidgets.training.shapes import base_loss
+    from sdwidgets.training.workspace import ASSET
+
+    tok = CLIPTokenizer.from_pretrained(ASSET / "tokenizer")
+    unet = UNet2DConditionModel.from_pretrained(ASSET / "unet", torch_dtype=torch.float32)
+    te = CLIPTextModel.from_pretrained(ASSET / "text_encoder", torch_dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    scenes, lat = [world.sample_scene(rng) for _ in range(8)], torch.randn(8, 4, 16, 16)
+
+    def loss(blind_from: int, snr_floor: float) -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return base_loss(unet, te, tok, training_scheduler(), scenes, lat, 0, 8, high_noise_share=1.0,
+                             blind_from=blind_from, snr_floor=snr_floor).item()
+
+    plain = loss(0, 0.05)
+    assert loss(1000, 0.05) == plain  # no timestep reaches 1000: nothing is blind
+    assert loss(1, 0.05) != plain and loss(0, 0.3) > plain  # a higher floor only adds weight

@@ -59,6 +59,10 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert probe["chosen"] == (4 if worse else 8) == rec["vae"]["factor"]
     assert rec["base"]["loss_curve_every_50"], "the base stage records its loss curve"
     assert rec["restart"]["steps"] > 0 and rec["restart"]["lr"] == 3e-4
+    from sdwidgets.training.noise import BASE_NOISE, RESTART_NOISE  # the noise each stage trained with
+
+    assert {k: rec["base"][k] for k in BASE_NOISE} == BASE_NOISE
+    assert {k: rec["restart"][k] for k in RESTART_NOISE} == RESTART_NOISE
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
     scores = json.loads((tmp / "work" / "eval.json").read_text())

@@ -5,6 +5,7 @@ import json
 
 from .architecture import TEXT_DIM, UNET_CHANNELS, vae_config
 from .evaluate import verdicts
+from .noise import BASE_NOISE, RESTART_NOISE
 from . import workspace as ws
 from .workspace import ASSET, N_TRAIN, WORK, recorded
 
@@ -116,10 +117,11 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    {g(base, "steps")} steps in {g(base, "train_s")} s. Then a warm restart (stage `restart`): from the
    EMA weights, a fresh AdamW at {g(restart, "lr")}, warmup 100, cosine, same data and noise;
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
-   The recipe now also makes the base's and the restart's samples at t >= 900 "blind" (x_t pure
-   white noise, as the sampler's first step sees it, with the epsilon that maps it back to the
-   image as target), so that only the prompt can tell the layout there; the shipped weights
-   were trained before that change, the from-scratch run above with it.
+   The recipe now noises the base and the restart differently ({_recipe_noise()}); the shipped
+   weights were trained before that change, the from-scratch run above with it. "Blind" samples
+   see pure white noise as x_t, as the sampler's first step does, with the epsilon that maps it
+   back to the image as target, so that only the prompt can tell the layout there; the higher
+   floor weighs them six times more (GPU study: `study/README.md`).
    Then a polish (stage `polish`, not in `all`): again from the EMA weights, AdamW {g(polish, "lr")}, warmup 50,
    cosine, uniform timesteps, white noise below t=500 (pyramid noise above, where position is
    decided); {g(polish, "steps")} steps in {g(polish, "train_s")} s, for sharper corners.
@@ -180,6 +182,13 @@ def _budget_line(rec: dict) -> str:
     return (f"With the default budgets the stages train for {default / 60:.0f} min in all (plus about "
             f"15 min of encoding, img2img pairs, export and evaluation); the shipped weights had longer "
             f"budgets, {sum(spent) / 60:.0f} min of training in all.")
+
+
+def _recipe_noise() -> str:
+    def words(n: dict) -> str:
+        return (f"pyramid noise {n['discount']}, {n['high_noise_share']:.0%} of each batch from t >= 500, "
+                f"SNR floor {n['snr_floor']}, samples at t >= {n['blind_from']} blind")
+    return f"base: {words(BASE_NOISE)}; restart: {words(RESTART_NOISE)}"
 
 
 def _table_rows(rows: list) -> str:

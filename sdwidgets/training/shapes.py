@@ -33,7 +33,7 @@ from . import world
 from .architecture import default_scheduler, text_config, training_scheduler, unet_config, vae_config
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
-from .noise import BLIND_FROM, PYRAMID_DISCOUNT, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
+from .noise import BASE_NOISE, BLIND_FROM, PYRAMID_DISCOUNT, RESTART_NOISE, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
 from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, SEED,
                         VAE_PROBE_S, VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
 
@@ -467,10 +467,10 @@ def stage_base() -> None:
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(**unet_config(factor))
     te = CLIPTextModel(text_config(tok))
-    state, final_loss = _train_base(unet, te, tok, WORK / "base.pt", BASE_S, 6e-4, 300)
+    state, final_loss = _train_base(unet, te, tok, WORK / "base.pt", BASE_S, 6e-4, 300, **BASE_NOISE)
     unet.save_pretrained(out / "unet")
     te.save_pretrained(out / "text_encoder")
-    record("base", dict(steps=state["step"], batch=BASE_BATCH, blind_from=BLIND_FROM, train_s=round(state["elapsed"]),
+    record("base", dict(steps=state["step"], batch=BASE_BATCH, **BASE_NOISE, train_s=round(state["elapsed"]),
                         stage_wall_s=round(time.time() - t_stage), final_loss=final_loss,
                         unet_params=sum(p.numel() for p in unet.parameters()),
                         text_params=sum(p.numel() for p in te.parameters()),
@@ -516,7 +516,7 @@ def stage_restart() -> None:
     cosine schedule at half the first peak rate. On a GPU study (study/recipe_study.py) the
     7,840-step base, which ignored position words (x0 moved 0.014 by left/right), learnt them
     within 2,000 restarted steps (position 36% -> 99% on 200 prompts)."""
-    _continue_base("restart", RESTART_S, RESTART_LR, 100)
+    _continue_base("restart", RESTART_S, RESTART_LR, 100, **RESTART_NOISE)
 
 
 def stage_polish() -> None:
