@@ -425,9 +425,10 @@ BASE_BATCH = 64
 
 
 def _train_base(unet, te, tok, ckpt: Path, seconds: float, lr: float, warmup: int,
-                **loss_kw) -> tuple[dict, float]:
+                **loss_kw) -> dict:
     """Train text encoder + UNet jointly (EMA kept) for ``seconds``, resumable from ``ckpt``;
-    leaves the EMA weights in ``unet``/``te`` and returns the loop state and the final loss."""
+    leaves the EMA weights in ``unet``/``te`` and returns what it did, ``loss_kw`` (the noise
+    that :func:`base_loss` got) included, for the timings record."""
     scenes, lat = world_latents()
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -448,7 +449,9 @@ def _train_base(unet, te, tok, ckpt: Path, seconds: float, lr: float, warmup: in
                            _saver(ckpt, modules, opt, state))
     unet.load_state_dict(ema_u.shadow)
     te.load_state_dict(ema_t.shadow)
-    return state, final_loss
+    log(f"{ckpt.stem}: {state['step']} steps, loss {final_loss:.4f}")
+    return dict(steps=state["step"], batch=BASE_BATCH, lr=lr, train_s=round(state["elapsed"]), final_loss=final_loss,
+                **loss_kw, loss_curve_every_50=state["losses"])
 
 
 def stage_base() -> None:
@@ -467,15 +470,12 @@ def stage_base() -> None:
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(**unet_config(factor))
     te = CLIPTextModel(text_config(tok))
-    state, final_loss = _train_base(unet, te, tok, WORK / "base.pt", BASE_S, 6e-4, 300, **BASE_NOISE)
+    info = _train_base(unet, te, tok, WORK / "base.pt", BASE_S, 6e-4, 300, **BASE_NOISE)
     unet.save_pretrained(out / "unet")
     te.save_pretrained(out / "text_encoder")
-    record("base", dict(steps=state["step"], batch=BASE_BATCH, **BASE_NOISE, train_s=round(state["elapsed"]),
-                        stage_wall_s=round(time.time() - t_stage), final_loss=final_loss,
-                        unet_params=sum(p.numel() for p in unet.parameters()),
-                        text_params=sum(p.numel() for p in te.parameters()),
-                        loss_curve_every_50=state["losses"]))
-    log(f"base: {state['step']} steps, loss {final_loss:.4f}")
+    record("base", info | dict(stage_wall_s=round(time.time() - t_stage),
+                               unet_params=sum(p.numel() for p in unet.parameters()),
+                               text_params=sum(p.numel() for p in te.parameters())))
 
 
 RESTART_LR = 3e-4
@@ -500,15 +500,12 @@ def _continue_base(name: str, seconds: float, lr: float, warmup: int, **loss_kw)
     tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(out / "unet")
     te = CLIPTextModel.from_pretrained(out / "text_encoder")
-    state, final_loss = _train_base(unet, te, tok, WORK / f"{name}.pt", seconds, lr, warmup, **loss_kw)
+    info = _train_base(unet, te, tok, WORK / f"{name}.pt", seconds, lr, warmup, **loss_kw)
     unet.save_pretrained(out / "unet")
     te.save_pretrained(out / "text_encoder")
-    info = dict(steps=state["step"], batch=BASE_BATCH, lr=lr, train_s=round(state["elapsed"]),
-                stage_wall_s=round(time.time() - t_stage), final_loss=final_loss, **loss_kw,
-                loss_curve_every_50=state["losses"])
+    info["stage_wall_s"] = round(time.time() - t_stage)
     done.write_text(json.dumps(info))
     record(name, info)
-    log(f"{name}: {state['step']} steps, loss {final_loss:.4f}")
 
 
 def stage_restart() -> None:
