@@ -1,9 +1,10 @@
 """CPU pilot (2026-11-26): can the UNet learn to place a blob from pure noise at all? Train only the
 sampler's first step (t=951, pure-noise input, x0 regression) from scratch and watch how far "on the
-left" vs "on the right" moves x0, against colour words. Usage: first_step_pilot.py now|deep|ctx16|k15 SECONDS
+left" vs "on the right" moves x0, against colour words. Usage: first_step_pilot.py now|deep|ctx16|k15|addtext|film SECONDS
 [LATENTS.pt] (the f=4 latents that `shapes` writes to training-work/latents.pt). Result: after
 1,200 steps colour moved x0 by 0.27 / 0.31, position by 0.005 / 0.004-0.02 (current / deep UNet);
-ctx16 (1,200 steps, 20% faster per step) 0.33 / 0.006, k15 (950 steps in the same 14 min) 0.23 / 0.002."""
+ctx16 (1,200 steps, 20% faster per step) 0.33 / 0.006, k15 (950 steps in the same 14 min) 0.23 / 0.002;
+addtext 0.33 / 0.005 (1,150 steps), film 0.31 / 0.006 (1,100 steps)."""
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -17,10 +18,16 @@ from sdwidgets.training.workspace import SEED, lr_at, optimise
 name, wall = sys.argv[1], float(sys.argv[2])
 A.UNET_CHANNELS = (48, 96, 128, 128) if name == "deep" else (48, 96, 128)
 tok = CLIPTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "sdwidgets/assets/shapes/tokenizer"))
-if name == "ctx16":  # captions padded to 16 tokens instead of 77: fewer identical padding keys in cross-attention
+if name in ("ctx16", "addtext", "film"):  # captions padded to 16 tokens instead of 77: fewer identical padding keys
     tok.model_max_length = 16
 # k15: a 15x15 conv_in, so that from pure noise each position sees a different share of zero padding
 unet_extra = dict(conv_in_kernel=15) if name == "k15" else {}
+# addtext: the caption, attention-pooled, is added to the time embedding, so every ResNet gets a
+# text-dependent per-channel bias that zero padding turns into border features; film: as scale and shift
+if name in ("addtext", "film"):
+    unet_extra = dict(addition_embed_type="text", addition_embed_type_num_heads=8)
+if name == "film":
+    unet_extra["resnet_time_scale_shift"] = "scale_shift"
 d = torch.load(sys.argv[3] if len(sys.argv) > 3 else "training-work/latents.pt", weights_only=False)
 scenes, lat = [world.Scene(**s) for s in d["scenes"]], d["latents"]
 torch.manual_seed(SEED)

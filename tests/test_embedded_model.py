@@ -220,3 +220,7 @@ def test_tokenizer_builds_whole_words_and_falls_back_to_characters(tmp_path):
     toks = tok.convert_ids_to_tokens(tok("a large red triangle at the bottom", add_special_tokens=False).input_ids)
     assert toks == ["a</w>", "large</w>", "red</w>", "triangle</w>", "at</w>", "the</w>", "bottom</w>"]
     assert tok.convert_ids_to_tokens(tok("qux", add_special_tokens=False).input_ids) == ["q", "u", "x</w>"]
+    # captions pad to 24 tokens (faster cross-attention); the grammar's longest ones fit with room
+    longest = "a small purple triangle in the center on a yellow background"
+    assert tok.model_max_length == 24 and len(tok(longest).input_ids) == 13
+    assert len(tok(longest + " with a qux").input_ids) <= tok.model_max_length

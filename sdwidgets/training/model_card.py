@@ -117,8 +117,9 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    {g(base, "steps")} steps in {g(base, "train_s")} s. Then a warm restart (stage `restart`): from the
    EMA weights, a fresh AdamW at {g(restart, "lr")}, warmup 100, cosine, same data and noise;
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
-   The recipe now noises the base and the restart differently ({_recipe_noise()}); the shipped
-   weights were trained before that change, the from-scratch run above with it. "Blind" samples
+   The recipe now noises the base and the restart differently ({_recipe_noise()}), and pads
+   captions to 24 tokens; the shipped weights were trained before these changes, the from-scratch
+   run above with the noise before them (see its note). "Blind" samples
    see pure white noise as x_t, as the sampler's first step does, with the epsilon that maps it
    back to the image as target, so that only the prompt can tell the layout there; the higher
    floor weighs them six times more (GPU study: `study/README.md`).
@@ -186,8 +187,10 @@ def _budget_line(rec: dict) -> str:
 
 def _recipe_noise() -> str:
     def words(n: dict) -> str:
-        return (f"pyramid noise {n['discount']}, {n['high_noise_share']:.0%} of each batch from t >= 500, "
-                f"SNR floor {n['snr_floor']}, samples at t >= {n['blind_from']} blind")
+        noise = f"pyramid noise {n['discount']}" if n["discount"] else "white noise"
+        times = f"{n['high_noise_share']:.0%} of each batch from t >= 500" if n["high_noise_share"] else "uniform timesteps"
+        floor = f"SNR floor {n['snr_floor']}" if n["snr_floor"] else "no SNR floor"
+        return f"{noise}, {times}, {floor}, samples at t >= {n['blind_from']} blind"
     return f"base: {words(BASE_NOISE)}; restart: {words(RESTART_NOISE)}"
 
 

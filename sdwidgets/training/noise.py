@@ -15,11 +15,14 @@ PYRAMID_DISCOUNT = 0.8  # from base step 3,651 on (see pyramid_noise); white noi
 BLIND_FROM = 900  # base_loss's default (see blind_top); the shipped weights predate it
 
 # How the recipe's base and restart noise their samples (keywords of shapes.base_loss); the shipped
-# weights predate both. GPU study at the 2-hour CPU run's step counts (study/position_study.py):
-# with the 0.05 floor, position words stayed at 24-40% after 3,900 steps from scratch in 5 of 6
-# runs; with a floor of 0.3 in the restart (the blind top timesteps weigh six times more) all 3
-# runs reached 70-99.5%, at a cost in shape (42-49%; 58-67% in the other runs of this UNet).
-BASE_NOISE = dict(discount=0.9, high_noise_share=0.7, snr_floor=0.3, blind_from=700)
+# weights predate both. Shape first, then position. The base is plain: white noise, uniform
+# timesteps, no SNR floor (only the top timesteps blind), which on the 2-core CPU reached shape 81%
+# in 2,502 steps where the position-first noise (floor 0.3, pyramid 0.9, 70% of t >= 500) left
+# 46.7% after base and restart (study/shape_first_pilot.py). The restart then weighs the blind top
+# timesteps six times more (floor 0.3 instead of 0.05): on a GPU every run with it learnt position
+# words within 1,800 steps and 5 of 6 without it stayed at 24-40% (study/position_study.py); on the
+# CPU after the plain base it took position 23% -> 60% (x0 left/right 0.009 -> 0.24), shape 81% -> 78.5%.
+BASE_NOISE = dict(discount=0.0, high_noise_share=0.0, snr_floor=0.0, blind_from=BLIND_FROM)
 RESTART_NOISE = dict(discount=PYRAMID_DISCOUNT, high_noise_share=0.5, snr_floor=0.3, blind_from=BLIND_FROM)
 
 

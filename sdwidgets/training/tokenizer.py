@@ -14,7 +14,11 @@ from pathlib import Path
 from .world import VOCABULARY
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-MAX_LENGTH = 77
+# Captions pad to 24 tokens, not CLIP's 77: the grammar's longest caption is 13, and room is left for
+# a few unknown words spelt out in characters. Cross-attention then sees 24 keys instead of 77,
+# and the base trains 2,502 steps in its 2,000 s on the 2-core CPU instead of 1,988 (0.80 s a step
+# instead of 1.01, batch 64). The shipped weights were trained at 77.
+MAX_LENGTH = 24
 
 
 @lru_cache(maxsize=1)
