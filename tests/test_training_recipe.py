@@ -67,6 +67,9 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
     scores = json.loads((tmp / "work" / "eval.json").read_text())
+    from sdwidgets.params import GenerationParams  # scored at the guidance users get by default
+
+    assert scores["guidance_scale"] == GenerationParams("a circle").guidance_scale == 5.0
     assert scores["prompts"] == 6 and 0 <= scores["fg"] <= 1 and set(scores["lora_ring_share"]) == {
         "0.0", "0.25", "0.5", "0.75", "1.0"}
     card = (tmp / "asset" / "README.md").read_text()

@@ -51,11 +51,22 @@ def generate(pipe, prompts: list[str], seeds: list[int], batch: int = 24, **kw) 
     return images
 
 
-def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, guidance: float = 7.5) -> dict:
+def default_guidance() -> float:
+    """The guidance scale that sdwidgets runs with unless told otherwise (``GenerationParams``):
+    the model is scored as users get it. (Until 2026-11-26 the scores used diffusers' 7.5.)"""
+    from dataclasses import fields
+
+    from ..params import GenerationParams
+
+    return next(f.default for f in fields(GenerationParams) if f.name == "guidance_scale")
+
+
+def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, guidance: float | None = None) -> dict:
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     from .analyse import analyse, blob_mask, iou
 
+    guidance = default_guidance() if guidance is None else guidance
     n_prompts = n_prompts or int(os.environ.get("SDW_EVAL_N", 240))
     n_small = n_small or int(os.environ.get("SDW_EVAL_SMALL", 48))
     t0 = time.time()
