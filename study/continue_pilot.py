@@ -1,7 +1,7 @@
 """CPU pilot (2026-11-26): continue a from-scratch base (a folder with unet/, text_encoder/, tokenizer/) for
 SECONDS with a fresh AdamW and one of the noises below; score N grammar prompts before (--before) and after.
 
-Usage: SDW_TRAIN_WORK=<work dir with latents.pt and vae/> continue_pilot.py SRC OUT SECONDS LR polish|restart|plain N [--before]
+Usage: SDW_TRAIN_WORK=<work dir with latents.pt and vae/> continue_pilot.py SRC OUT SECONDS LR polish|restart|plain|plainblind|base N [--before]
 Results (results/continue.jsonl): `restart` (900 s, lr 3e-4) after shape_first_pilot.py's restart took
 position 60.4 -> 99% at shape 77.1%; `polish` (600 s, lr 1e-4) on the position-first 2-hour run's weights
 moved shape 50 -> 58.3%, on the second restart's weights (540 s) not at all (77.1%)."""
@@ -21,6 +21,7 @@ VARIANTS = {
     "restart": noise.RESTART_NOISE,
     "plain": dict(discount=0, high_noise_share=0.0, snr_floor=0.0, blind_from=0),
     "plainblind": dict(discount=0, high_noise_share=0.0, snr_floor=0.05, blind_from=900),
+    "base": noise.BASE_NOISE,  # the recipe's base noise: no SNR floor
 }
 vae = AutoencoderKL.from_pretrained(os.environ["SDW_TRAIN_WORK"] + "/vae").eval()
 tok = CLIPTokenizer.from_pretrained(f"{src}/tokenizer")
@@ -45,5 +46,6 @@ out.mkdir(parents=True, exist_ok=True)
 info = shapes._train_base(unet, te, tok, out / f"{variant}.pt", seconds, lr, 50, **VARIANTS[variant])
 res["steps"] = info["steps"]
 res["after"] = score(unet, te, f"after {info['steps']} steps")
+unet.save_pretrained(out / variant / "unet"), te.save_pretrained(out / variant / "text_encoder")
 with open(out / "results.jsonl", "a") as f:
     f.write(json.dumps(res) + "\n")
