@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_RESTART2_S": "2", "SDW_POLISH_S": "2",
+TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_RESTART2_S": "2", "SDW_SHARPEN_S": "2", "SDW_POLISH_S": "2",
                 "SDW_CONTROLNET_S": "3", "SDW_LORA_S": "3", "SDW_N_TRAIN": "256",
                 "SDW_EVAL_N": "6", "SDW_EVAL_SMALL": "3"}
 
@@ -36,7 +36,7 @@ def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
 
     tmp, out = trained
     asset = tmp / "asset"
-    for stage in ("vae", "base", "restart", "restart2", "polish", "decoder", "adapt", "export", "controlnet", "lora", "evaluate"):
+    for stage in ("vae", "base", "restart", "restart2", "sharpen", "polish", "decoder", "adapt", "export", "controlnet", "lora", "evaluate"):
         assert f"stage {stage}:" in out
     pipe = StableDiffusionPipeline.from_pretrained(str(asset), torch_dtype=torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)
@@ -64,6 +64,7 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert {k: rec["base"][k] for k in BASE_NOISE} == BASE_NOISE
     assert {k: rec["restart"][k] for k in RESTART_NOISE} == RESTART_NOISE
     assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART_NOISE} == RESTART_NOISE
+    assert rec["sharpen"]["steps"] > 0 and {k: rec["sharpen"][k] for k in BASE_NOISE} == BASE_NOISE
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
     scores = json.loads((tmp / "work" / "eval.json").read_text())
@@ -83,7 +84,7 @@ def test_recipe_resumes_instead_of_retraining(trained):
     before = weights.stat().st_mtime_ns
     out = _recipe(tmp, "base")
     assert "base: exists, skipped" in out and weights.stat().st_mtime_ns == before
-    for stage in ("restart", "restart2", "polish"):  # done too, so they leave the weights alone
+    for stage in ("restart", "restart2", "sharpen", "polish"):  # done too, so they leave the weights alone
         out = _recipe(tmp, stage)
         assert f"{stage}: exists, skipped" in out and weights.stat().st_mtime_ns == before
 
@@ -105,7 +106,7 @@ def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
     assert "**From scratch with the default budgets** (2026-11-26, idle CPU): 117 min" in card
     assert "base 1900, restart 1500 steps" in card and "| position accuracy (240 prompts) | 41.0% | >= 85% | **no** |" in card
     default = (ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S + ws.RESTART2_S
-               + ws.CONTROLNET_S + ws.LORA_S) / 60
+               + ws.SHARPEN_S + ws.CONTROLNET_S + ws.LORA_S) / 60
     assert f"the stages train for {default:.0f} min in all" in card and default <= 110  # + ~6 min measured overhead: under 2 h
     assert "From scratch" not in render_card({}, {}, [])
 

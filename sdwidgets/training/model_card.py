@@ -82,7 +82,7 @@ with `torch_dtype=torch.float32` on CPU.
 {files}
 
 ## How it was trained
-`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `restart2`, `decoder`, `adapt`, `export`, `controlnet`,
+`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `restart2`, `sharpen`, `decoder`, `adapt`, `export`, `controlnet`,
 `lora`, `export`, `evaluate`; fixed seeds, resumable checkpoints, each stage skipped when its output
 exists) on a 2-core CPU, torch 2 threads, no GPU. The shipped weights also ran the stage `polish`
 after `restart`. Budgets are wall-clock, so the number of steps depends on the machine's load
@@ -119,7 +119,8 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
    The recipe now noises the base and the restart differently ({_recipe_noise()}), and pads
    captions to 24 tokens, and a second restart (stage `restart2`, same noise and rate) follows
-   the first; the shipped weights were trained before these changes, the from-scratch run above
+   the first, then a third with the base's noise (stage `sharpen`: once position words are
+   learnt, it gives shape, and the corners of squares, the training share back); the shipped weights were trained before these changes, the from-scratch run above
    with the noise before them (see its note). "Blind" samples
    see pure white noise as x_t, as the sampler's first step does, with the epsilon that maps it
    back to the image as target, so that only the prompt can tell the layout there; the higher
@@ -169,18 +170,18 @@ def _shortfalls(rows: list, vae: dict) -> str:
     if not missed:
         return ""
     return ("- **Below issue 3's bars on:** " + "; ".join(missed) + ". Longer budgets (`SDW_BASE_S`, "
-            "`SDW_RESTART_S`, `SDW_RESTART2_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
+            "`SDW_RESTART_S`, `SDW_RESTART2_S`, `SDW_SHARPEN_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
 
 
 def _budget_line(rec: dict) -> str:
     """The recipe's default training time next to what the shipped weights actually had. (The
     VAE's budget includes the chosen factor's probe, which it continues; the other probe is extra.)"""
     default = (ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S + ws.RESTART2_S
-               + ws.CONTROLNET_S + ws.LORA_S)
+               + ws.SHARPEN_S + ws.CONTROLNET_S + ws.LORA_S)
     vae = rec.get("vae", {})
     spent = [rec.get("vae_probe", {}).get("probe_s", 0), vae.get("train_s", 0),
              vae.get("decoder_polish", {}).get("train_s", 0)]
-    spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "restart2", "polish", "controlnet", "lora")]
+    spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "restart2", "sharpen", "polish", "controlnet", "lora")]
     return (f"With the default budgets the stages train for {default / 60:.0f} min in all (plus about "
             f"6 min of encoding, the unchosen VAE probe, img2img pairs, export and evaluation: the 106-min "
             f"run below had 99.5 min of budgets); the shipped weights had longer "
