@@ -105,8 +105,7 @@ def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
     card = render_card({"from_scratch": run}, {}, [])
     assert "**From scratch with the default budgets** (2026-11-26, idle CPU): 117 min" in card
     assert "base 1900, restart 1500 steps" in card and "| position accuracy (240 prompts) | 41.0% | >= 85% | **no** |" in card
-    default = (ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S + ws.RESTART2_S
-               + ws.SHARPEN_S + ws.CONTROLNET_S + ws.LORA_S) / 60
+    default = ws.recipe_training_s() / 60
     assert f"the stages train for {default:.0f} min in all" in card and default <= 110  # + ~6 min measured overhead: under 2 h
     assert "From scratch" not in render_card({}, {}, [])
 

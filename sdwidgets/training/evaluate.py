@@ -54,11 +54,9 @@ def generate(pipe, prompts: list[str], seeds: list[int], batch: int = 24, **kw) 
 def default_guidance() -> float:
     """The guidance scale that sdwidgets runs with unless told otherwise (``GenerationParams``):
     the model is scored as users get it. (Until 2026-11-26 the scores used diffusers' 7.5.)"""
-    from dataclasses import fields
-
     from ..params import GenerationParams
 
-    return next(f.default for f in fields(GenerationParams) if f.name == "guidance_scale")
+    return GenerationParams.guidance_scale  # the dataclass field's default
 
 
 def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, guidance: float | None = None) -> dict:

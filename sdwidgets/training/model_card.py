@@ -176,8 +176,7 @@ def _shortfalls(rows: list, vae: dict) -> str:
 def _budget_line(rec: dict) -> str:
     """The recipe's default training time next to what the shipped weights actually had. (The
     VAE's budget includes the chosen factor's probe, which it continues; the other probe is extra.)"""
-    default = (ws.VAE_PROBE_S + ws.VAE_S + ws.DECODER_S + ws.ADAPT_S + ws.BASE_S + ws.RESTART_S + ws.RESTART2_S
-               + ws.SHARPEN_S + ws.CONTROLNET_S + ws.LORA_S)
+    default = ws.recipe_training_s()
     vae = rec.get("vae", {})
     spent = [rec.get("vae_probe", {}).get("probe_s", 0), vae.get("train_s", 0),
              vae.get("decoder_polish", {}).get("train_s", 0)]

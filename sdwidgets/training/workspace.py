@@ -32,6 +32,13 @@ LORA_S = float(os.environ.get("SDW_LORA_S", 270))
 N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
 
 
+def recipe_training_s() -> float:
+    """Seconds of training in ``all`` with these budgets: one VAE probe counts (the chosen one is
+    continued; the other is overhead), ``polish`` does not (it is not in ``all``)."""
+    return (VAE_PROBE_S + VAE_S + DECODER_S + ADAPT_S + BASE_S + RESTART_S + RESTART2_S + SHARPEN_S
+            + CONTROLNET_S + LORA_S)
+
+
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
