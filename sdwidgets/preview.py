@@ -202,11 +202,18 @@ class StepRecorder:
 
     def _record(self, pipe, step, t, latents):
         t0 = time.perf_counter()
+        import torch
+
         x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
+        series = []     # (frames list, latents) for each kept preview
         if self.keep in ("x0", "both"):
-            self._frames[-1].append(self.latent_rgb.to_images(x0 if x0 is not None else latents)[0])
+            series.append((self._frames[-1], x0 if x0 is not None else latents))
         if self.keep in ("noisy", "both"):
-            self._noisy[-1].append(self.latent_rgb.to_images(latents)[0])
+            series.append((self._noisy[-1], latents))
+        # both previews in one conversion: on a GPU each device->host copy waits for the GPU
+        images = self.latent_rgb.to_images(torch.cat([lat[:1] for _, lat in series]))
+        for (frames, _), image in zip(series, images):
+            frames.append(image)
         if self.image_index == 0:
             self.steps.append(step)
             self.timesteps.append(float(t))
