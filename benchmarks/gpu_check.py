@@ -34,19 +34,12 @@ def grammar_scores(pipe, n: int) -> dict:
 
 
 def ring_share(session, loras: dict, n: int = 48) -> float:
-    import numpy as np
-
-    from sdwidgets.training import world
+    """Share of rings on the evaluation's LoRA prompts and seeds, through Session.generate."""
     from sdwidgets.training.analyse import analyse
+    from sdwidgets.training.evaluate import ring_prompts
 
-    rng = np.random.default_rng(88)
-    rings = 0
-    for i in range(n):
-        a, b = rng.choice(8, size=2, replace=False)
-        run = session.generate(f"a {world.COLOURS[a]} sks on a {world.COLOURS[b]} background",
-                               seed=7000 + i, loras=loras, preview="none")
-        rings += analyse(run.images[0]).shape == "ring"
-    return rings / n
+    runs = [session.generate(p, seed=7000 + i, loras=loras, preview="none") for i, p in enumerate(ring_prompts(n))]
+    return sum(analyse(run.images[0]).shape == "ring" for run in runs) / n
 
 
 def main() -> int:
@@ -64,6 +57,7 @@ def main() -> int:
     import sdwidgets as sdw
     from sdwidgets.training import world
     from sdwidgets.training.analyse import analyse, blob_mask, iou
+    from sdwidgets.training.evaluate import control_cases
     from sdwidgets.training.shapes import RING_LR, RING_RANK, ring_training_set
 
     out = Path(args.out or tempfile.mkdtemp())
@@ -109,13 +103,10 @@ def main() -> int:
     res["ring_share"] = {str(w): ring_share(s, {"ring": w}) for w in (0.0, 0.5, 1.0)}
     if not (res["ring_share"]["0.0"] <= 0.1 and res["ring_share"]["1.0"] >= 0.8):
         fails.append("lora_dial")
-    rng = np.random.default_rng(77)
     ious = []
-    for i in range(48):
-        sc = world.sample_scene(rng, force_full=True)
-        edges = world.edges(world.render(sc))
-        run = s.generate(f"a {sc.fg} {sc.shape} on a {sc.bg} background", seed=5000 + i, preview="none",
-                         controls=[sdw.Control("canny", edges)])
+    for i, (sc, caption) in enumerate(control_cases(48)):
+        run = s.generate(caption, seed=5000 + i, preview="none",
+                         controls=[sdw.Control("canny", world.edges(world.render(sc)))])
         ious.append(iou(blob_mask(run.images[0]), world.shape_mask(sc)))
     res["controlnet_iou_median"] = round(float(np.median(ious)), 4)
     if res["controlnet_iou_median"] < 0.6:

@@ -46,6 +46,7 @@ out.mkdir(parents=True, exist_ok=True)
 info = shapes._train_base(unet, te, tok, out / f"{variant}.pt", seconds, lr, 50, **VARIANTS[variant])
 res["steps"] = info["steps"]
 res["after"] = score(unet, te, f"after {info['steps']} steps")
-unet.save_pretrained(out / variant / "unet"), te.save_pretrained(out / variant / "text_encoder")
+unet.save_pretrained(out / variant / "unet")
+te.save_pretrained(out / variant / "text_encoder")
 with open(out / "results.jsonl", "a") as f:
     f.write(json.dumps(res) + "\n")

@@ -25,6 +25,21 @@ def eval_prompts(n: int, seed: int = 2024) -> list[world.Scene]:
     return out
 
 
+def control_cases(n: int, seed: int = 77) -> list[tuple[world.Scene, str]]:
+    """Full scenes for the ControlNet test, each with its caption (no size or position words:
+    the control image carries them)."""
+    rng = np.random.default_rng(seed)
+    scenes = [world.sample_scene(rng, force_full=True) for _ in range(n)]
+    return [(sc, f"a {sc.fg} {sc.shape} on a {sc.bg} background") for sc in scenes]
+
+
+def ring_prompts(n: int, seed: int = 88) -> list[str]:
+    """'a <colour> sks on a <other colour> background': the ring LoRA's test prompts."""
+    rng = np.random.default_rng(seed)
+    pairs = [rng.choice(8, size=2, replace=False) for _ in range(n)]
+    return [f"a {world.COLOURS[a]} {world.TRIGGER} on a {world.COLOURS[b]} background" for a, b in pairs]
+
+
 def grammar_hits(scenes: list[world.Scene], images: list) -> dict[str, list[bool]]:
     """Per prompt, whether the image shows its fg, bg, shape and position (and its size, for the
     prompts that name one)."""
@@ -110,13 +125,12 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
         cn = ControlNetModel.from_pretrained(cn_dir, torch_dtype=torch.float32)
         cpipe = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=cn)
         cpipe.set_progress_bar_config(disable=True)
-        rng = np.random.default_rng(77)
-        cscenes = [world.sample_scene(rng, force_full=True) for _ in range(n_small)]
+        cases = control_cases(n_small)
         ious = []
         for i in range(0, n_small, 24):
-            batch = cscenes[i:i + 24]
+            batch = [sc for sc, _ in cases[i:i + 24]]
             conds = [Image.fromarray(world.edges(world.render(sc))) for sc in batch]
-            caps = [f"a {sc.fg} {sc.shape} on a {sc.bg} background" for sc in batch]
+            caps = [cap for _, cap in cases[i:i + 24]]
             ims = cpipe(caps, image=conds, num_inference_steps=20, guidance_scale=guidance,
                         generator=[torch.Generator().manual_seed(5000 + i + j) for j in range(len(batch))]).images
             ious += [iou(blob_mask(im), world.shape_mask(sc)) for im, sc in zip(ims, batch)]
@@ -130,9 +144,7 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
     ring = ASSET / "loras" / "ring.safetensors"
     if ring.exists():
         pipe.load_lora_weights(str(ring), adapter_name="ring")
-        rng = np.random.default_rng(88)
-        pairs = [rng.choice(8, size=2, replace=False) for _ in range(n_small)]
-        lp = [f"a {world.COLOURS[a]} sks on a {world.COLOURS[b]} background" for a, b in pairs]
+        lp = ring_prompts(n_small)
         shares = {}
         for w in (0.0, 0.25, 0.5, 0.75, 1.0):
             pipe.set_adapters(["ring"], [w])
