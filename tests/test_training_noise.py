@@ -1,6 +1,7 @@
 """How training samples are noised (sdwidgets.training.noise): timesteps, pyramid noise, weights."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sdwidgets.training.architecture import training_scheduler
@@ -92,3 +93,45 @@ def test_base_loss_applies_its_blind_and_floor_keywords():
     plain = loss(0, 0.05)
     assert loss(1000, 0.05) == plain  # no timestep reaches 1000: nothing is blind
     assert loss(1, 0.05) != plain and loss(0, 0.3) > plain  # a higher floor only adds weight
+
+
+def test_edge_weighted_loss_weighs_outline_pixels_and_nothing_else():
+    import numpy as np
+
+    from sdwidgets.training import world
+    from sdwidgets.training.shapes import edge_band, edge_weighted_loss
+
+    sc = world.sample_scene(np.random.default_rng(3), force_full=True)
+    x = world.to_tensor(world.render(sc)[None])
+    band = edge_band(x)[0, 0].numpy().astype(bool)
+    mask = world.shape_mask(sc)
+    outline = np.zeros_like(mask)  # pixels whose upper or left neighbour is on the other side
+    outline[1:] |= mask[1:] != mask[:-1]
+    outline[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    assert band[outline].all() and 0.02 < band.mean() < 0.3  # a band around the outline only
+    inside = np.argwhere(~band)[0]
+    on_edge = np.argwhere(band)[0]
+
+    def loss_with_error_at(yx) -> float:
+        y = x.clone()
+        y[0, :, yx[0], yx[1]] += 0.5
+        return edge_weighted_loss(y, x, weight=4.0).item()
+
+    assert loss_with_error_at(on_edge) / loss_with_error_at(inside) == pytest.approx(4.0, rel=1e-4)
+    assert edge_weighted_loss(x + 0.1, x, weight=4.0).item() == pytest.approx(0.1 + 0.01, rel=1e-4)
+
+
+def test_palette_ce_punishes_a_blend_that_reads_as_another_colour():
+    import numpy as np
+
+    from sdwidgets.training import world
+    from sdwidgets.training.shapes import palette_ce
+
+    pal = torch.from_numpy(world.PALETTE_ARRAY.astype(np.float32) / 127.5 - 1)
+    red, blue = pal[world.COLOURS.index("red")], pal[world.COLOURS.index("blue")]
+    target = red.view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    exact = palette_ce(target.clone(), target)
+    near = palette_ce(target + 0.05, target)
+    blend = palette_ce(((red + blue) / 2).view(1, 3, 1, 1).expand(1, 3, 2, 2), target)  # purple-ish
+    assert exact.shape == (1, 1, 2, 2)
+    assert exact.max() < 0.01 and near.max() < 0.05 and blend.min() > 1.0
