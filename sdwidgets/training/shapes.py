@@ -286,10 +286,15 @@ def palette_ce(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     pixel of ``y`` against the nearest palette colour of ``x`` (both in [-1, 1]). L1/L2 let an
     unsure decoder paint a corner in a blend that reads as a third colour or as the background;
     this makes it commit to one of the world's colours."""
-    pal = torch.from_numpy(world.PALETTE_ARRAY.astype(np.float32) / 127.5 - 1).to(y)  # (8,3)
-    d_y = ((y[:, None] - pal[None, :, :, None, None]) ** 2).sum(2)  # (B,8,H,W)
-    target = ((x[:, None] - pal[None, :, :, None, None]) ** 2).sum(2).argmin(1)
-    return torch.nn.functional.cross_entropy(-d_y / PALETTE_TAU, target, reduction="none")[:, None]
+    target = _palette_sq_distances(x).argmin(1)
+    return torch.nn.functional.cross_entropy(-_palette_sq_distances(y) / PALETTE_TAU, target,
+                                             reduction="none")[:, None]
+
+
+def _palette_sq_distances(img: torch.Tensor) -> torch.Tensor:
+    """(B,8,H,W) squared distance of each pixel of ``img`` (B,3,H,W, in [-1, 1]) to each palette colour."""
+    pal = torch.from_numpy(world.PALETTE_ARRAY.astype(np.float32) / 127.5 - 1).to(img)  # (8,3)
+    return ((img[:, None] - pal[None, :, :, None, None]) ** 2).sum(2)
 
 
 @torch.no_grad()
@@ -355,7 +360,7 @@ def stage_adapt() -> None:
     scores = vae_scores(vae)
     vae.save_pretrained(WORK / "vae")
     info = dict(steps=state["step"], train_s=round(state["elapsed"]), pairs=len(gen_z),
-                candidates=ADAPT_CANDIDATES, min_iou=ADAPT_MIN_IOU, edge_weight=ADAPT_EDGE_WEIGHT, strengths=list(ADAPT_STRENGTHS), before=before, **scores,
+                candidates=ADAPT_CANDIDATES, min_iou=ADAPT_MIN_IOU, edge_weight=ADAPT_EDGE_WEIGHT, palette_ce=ADAPT_PALETTE_CE, strengths=list(ADAPT_STRENGTHS), before=before, **scores,
                 stage_wall_s=round(time.time() - t_stage))
     done.write_text(json.dumps(info))
     record("adapt", info)
