@@ -135,3 +135,24 @@ def test_palette_ce_punishes_a_blend_that_reads_as_another_colour():
     blend = palette_ce(((red + blue) / 2).view(1, 3, 1, 1).expand(1, 3, 2, 2), target)  # purple-ish
     assert exact.shape == (1, 1, 2, 2)
     assert exact.max() < 0.01 and near.max() < 0.05 and blend.min() > 1.0
+
+
+def test_training_batch_position_share_carries_position_words():
+    """The restarts' position_share: that share of the batch comes from scenes placed by a position
+    word and its captions name that position; the rest is drawn as before."""
+    import numpy as np
+
+    from sdwidgets.training import world
+    from sdwidgets.training.shapes import training_batch
+
+    rng = np.random.default_rng(3)
+    scenes = [world.sample_scene(rng) for _ in range(400)]
+    plain_idx, plain_caps = training_batch(scenes, np.random.default_rng(9), 64)
+    assert np.array_equal(plain_idx, training_batch(scenes, np.random.default_rng(9), 64, 0.0)[0])
+    named = sum(any(p in c for p in world.POSITIONS.values()) for c in plain_caps)
+    assert 15 < named < 50  # about half of the plain captions name a position
+
+    idx, caps = training_batch(scenes, np.random.default_rng(9), 64, position_share=0.75)
+    for i, c in zip(idx[:48], caps[:48]):
+        assert scenes[i].position is not None and world.POSITIONS[scenes[i].position] in c, c
+    assert sum(any(p in c for p in world.POSITIONS.values()) for c in caps) >= 48

@@ -13,7 +13,7 @@ import torch
 
 TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_RESTART2_S": "2", "SDW_SHARPEN_S": "2", "SDW_POLISH_S": "2",
                 "SDW_CONTROLNET_S": "3", "SDW_LORA_S": "3", "SDW_N_TRAIN": "256",
-                "SDW_EVAL_N": "6", "SDW_EVAL_SMALL": "3"}
+                "SDW_EVAL_N": "6", "SDW_EVAL_SMALL": "3", "SDW_PROBE_N": "2"}
 
 
 def _recipe(tmp_path, *stage: str) -> str:
@@ -63,7 +63,13 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
 
     assert {k: rec["base"][k] for k in BASE_NOISE} == BASE_NOISE
     assert {k: rec["restart"][k] for k in RESTART_NOISE} == RESTART_NOISE
-    assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART_NOISE} == RESTART_NOISE
+    from sdwidgets.training.shapes import POSITION_LEARNT
+
+    assert 0 <= rec["restart"]["position_probe"] <= 1
+    if rec["restart"]["position_probe"] >= POSITION_LEARNT:  # 2 probe prompts: rarely, by chance
+        assert rec["restart2"]["skipped"]
+    else:
+        assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART_NOISE} == RESTART_NOISE
     assert rec["sharpen"]["steps"] > 0 and {k: rec["sharpen"][k] for k in BASE_NOISE} == BASE_NOISE
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
@@ -87,6 +93,24 @@ def test_recipe_resumes_instead_of_retraining(trained):
     for stage in ("restart", "restart2", "sharpen", "polish"):  # done too, so they leave the weights alone
         out = _recipe(tmp, stage)
         assert f"{stage}: exists, skipped" in out and weights.stat().st_mtime_ns == before
+
+
+def test_restart2_gives_its_time_to_sharpen_once_the_probe_says_position_is_learnt(tmp_path, monkeypatch):
+    from sdwidgets.training import shapes, workspace
+
+    for module in (shapes, workspace):
+        monkeypatch.setattr(module, "WORK", tmp_path)
+    monkeypatch.setattr(workspace, "TIMINGS", tmp_path / "timings.json")
+    (tmp_path / "base").mkdir()
+    restart = tmp_path / "base" / "restart.json"
+    restart.write_text(json.dumps({"position_probe": shapes.POSITION_LEARNT - 0.1}))
+    assert shapes.sharpen_seconds() == shapes.SHARPEN_S  # restart2 has not been skipped
+
+    restart.write_text(json.dumps({"position_probe": shapes.POSITION_LEARNT}))
+    shapes.stage_restart2()  # skips without loading or training anything
+    assert json.loads((tmp_path / "base" / "restart2.json").read_text())["skipped"]
+    assert workspace.recorded()["restart2"] == {"skipped": True, "position_probe_after_restart": shapes.POSITION_LEARNT}
+    assert shapes.sharpen_seconds() == shapes.SHARPEN_S + shapes.RESTART2_S
 
 
 def test_unknown_stage_is_named_with_the_choices(tmp_path):

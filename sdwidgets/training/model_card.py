@@ -119,7 +119,8 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    {g(restart, "steps")} steps in {g(restart, "train_s")} s. This is where position words took hold (see below).
    The recipe now noises the base and the restart differently ({_recipe_noise()}), and pads
    captions to 24 tokens, and a second restart (stage `restart2`, same noise and rate) follows
-   the first, then a third with the base's noise (stage `sharpen`: once position words are
+   the first unless a position probe after it (48 grammar prompts of another seed than the
+   evaluation's) already reads 95% or more, in which case its time goes to the next stage; then a third with the base's noise (stage `sharpen`: once position words are
    learnt, it gives shape, and the corners of squares, the training share back); the shipped weights were trained before these changes, the from-scratch run above
    with the noise before them (see its note). "Blind" samples
    see pure white noise as x_t, as the sampler's first step does, with the epsilon that maps it
@@ -192,7 +193,8 @@ def _recipe_noise() -> str:
         noise = f"pyramid noise {n['discount']}" if n["discount"] else "white noise"
         times = f"{n['high_noise_share']:.0%} of each batch from t >= 500" if n["high_noise_share"] else "uniform timesteps"
         floor = f"SNR floor {n['snr_floor']}" if n["snr_floor"] else "no SNR floor"
-        return f"{noise}, {times}, {floor}, samples at t >= {n['blind_from']} blind"
+        placed = f", {n['position_share']:.0%} of each batch captioned with its position word" if n.get("position_share") else ""
+        return f"{noise}, {times}, {floor}, samples at t >= {n['blind_from']} blind{placed}"
     return f"base: {words(BASE_NOISE)}; restart: {words(RESTART_NOISE)}"
 
 

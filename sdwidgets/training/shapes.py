@@ -369,16 +369,20 @@ def stage_adapt() -> None:
 
 
 # ----------------------------------------------------------------------------- base model
-def redraw_caption(sc: world.Scene, rng: np.random.Generator, shape_word: str | None = None) -> str:
-    """A fresh caption for a stored scene: parts dropped anew each time it is seen."""
+def redraw_caption(sc: world.Scene, rng: np.random.Generator, shape_word: str | None = None,
+                   keep_position: bool = False) -> str:
+    """A fresh caption for a stored scene: parts dropped anew each time it is seen
+    (``keep_position``: never the position word, and never the whole caption)."""
     sc = world.Scene(**{**sc.__dict__})
     sc.words = dict(article=rng.random() < world.P_ARTICLE, colour=rng.random() < world.P_COLOUR,
                     shape=rng.random() < world.P_SHAPE, bg=rng.random() < world.P_BG,
                     empty=rng.random() < world.P_EMPTY)
     if sc.size_word and rng.random() < 0.15:
         sc.size_word = None
-    if sc.position and rng.random() < 0.15:
+    if sc.position and rng.random() < 0.15 and not keep_position:
         sc.position = None
+    if keep_position:
+        sc.words["empty"] = False
     return world.caption_of(sc, shape_word)
 
 
@@ -445,16 +449,30 @@ class EMA:
         self.shadow = shadow
 
 
+def training_batch(scenes: list[world.Scene], rng: np.random.Generator, batch: int,
+                   position_share: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """Indices of a batch of stored scenes and their fresh captions. The first ``position_share``
+    of the batch is drawn among the scenes placed by a position word and keeps that word: where
+    position words are still to be learnt, more of the batch carries their signal."""
+    idx = rng.integers(len(scenes), size=batch)
+    k = round(position_share * batch)
+    if k:
+        placed = np.flatnonzero([sc.position is not None for sc in scenes])
+        idx[:k] = placed[rng.integers(len(placed), size=k)]
+    return idx, [redraw_caption(scenes[i], rng, keep_position=j < k) for j, i in enumerate(idx)]
+
+
 def base_loss(unet, te, tok, sched, scenes: list[world.Scene], lat: torch.Tensor, step: int,
               batch: int = 64, *, discount: float = PYRAMID_DISCOUNT, high_noise_share: float = 0.5,
-              snr_floor: float = SNR_FLOOR, white_below: int = 0, blind_from: int = BLIND_FROM) -> torch.Tensor:
+              snr_floor: float = SNR_FLOOR, white_below: int = 0, blind_from: int = BLIND_FROM,
+              position_share: float = 0.0) -> torch.Tensor:
     """The base's training loss at ``step``: a seeded batch of stored scenes with freshly drawn
     captions, noised as :mod:`.noise` says (``discount=0``: white noise; samples at timesteps
     below ``white_below`` get white noise too; those at ``blind_from`` and above see pure noise,
-    see :func:`.noise.blind_top`; 0 turns that off). On ``lat``'s device."""
+    see :func:`.noise.blind_top`; 0 turns that off; ``position_share``: see :func:`training_batch`).
+    On ``lat``'s device."""
     rng = np.random.default_rng(SEED * 7 + step)
-    idx = rng.integers(len(scenes), size=batch)
-    caps = [redraw_caption(scenes[i], rng) for i in idx]
+    idx, caps = training_batch(scenes, rng, batch, position_share)
     z0 = lat[torch.from_numpy(idx).to(lat.device)]
     noise = pyramid_noise(z0, discount) if discount else torch.randn_like(z0)
     t = draw_timesteps(batch, high_noise_share=high_noise_share).to(lat.device)
@@ -531,9 +549,26 @@ POLISH_LR = 1e-4
 POLISH_NOISE = dict(high_noise_share=0.0, white_below=500)
 
 
-def _continue_base(name: str, seconds: float, lr: float, warmup: int, **loss_kw) -> None:
+# A warm restart that leaves the position probe at or above this has taught position words: the
+# second restart is then skipped and its time goes to sharpen (shape).
+POSITION_LEARNT = 0.95
+
+
+def position_probe(n: int = int(os.environ.get("SDW_PROBE_N", 48))) -> float:
+    """Share of ``n`` grammar prompts (not the evaluation's: another seed) whose shape the working
+    base places where the prompt says, at the default guidance and 20 Euler steps."""
+    from .evaluate import default_guidance, eval_prompts, generate, grammar_hits
+
+    scenes = eval_prompts(n, seed=SEED + 21)
+    with torch.no_grad():
+        images = generate(work_pipe(), [world.caption_of(sc) for sc in scenes], list(range(n)),
+                          guidance_scale=default_guidance())
+    return round(float(np.mean(grammar_hits(scenes, images)["position"])), 4)
+
+
+def _continue_base(name: str, seconds: float, lr: float, warmup: int, probe: bool = False, **loss_kw) -> None:
     """Continue the base from its EMA weights with a fresh AdamW and a new cosine schedule;
-    ``base/<name>.json`` marks the stage done."""
+    ``base/<name>.json`` marks the stage done (``probe``: it also holds :func:`position_probe`)."""
     out = WORK / "base"
     done = out / f"{name}.json"
     if done.exists():
@@ -549,6 +584,9 @@ def _continue_base(name: str, seconds: float, lr: float, warmup: int, **loss_kw)
     info = _train_base(unet, te, tok, WORK / f"{name}.pt", seconds, lr, warmup, **loss_kw)
     unet.save_pretrained(out / "unet")
     te.save_pretrained(out / "text_encoder")
+    if probe:
+        info["position_probe"] = position_probe()
+        log(f"{name}: position probe {info['position_probe']:.1%}")
     info["stage_wall_s"] = round(time.time() - t_stage)
     done.write_text(json.dumps(info))
     record(name, info)
@@ -559,14 +597,26 @@ def stage_restart() -> None:
     cosine schedule at half the first peak rate. On a GPU study (study/recipe_study.py) the
     7,840-step base, which ignored position words (x0 moved 0.014 by left/right), learnt them
     within 2,000 restarted steps (position 36% -> 99% on 200 prompts)."""
-    _continue_base("restart", RESTART_S, RESTART_LR, 100, **RESTART_NOISE)
+    _continue_base("restart", RESTART_S, RESTART_LR, 100, probe=True, **RESTART_NOISE)
+
+
+def _restart_probe() -> float | None:
+    path = WORK / "base" / "restart.json"
+    return json.loads(path.read_text()).get("position_probe") if path.exists() else None
 
 
 def stage_restart2() -> None:
     """A second warm restart with the restart's noise and rate. On the CPU, with the default
     budgets, the first restart left position words half learnt (60%, still rising) and a second
     one of 900 s took them to 99% at the same shape (study/README.md, continue_pilot.py). Its
-    default is 720 s, and the base's 1,350 s (was 2,000) keep `all` within 2 hours with `sharpen`."""
+    default is 720 s, and the base's 1,350 s (was 2,000) keep `all` within 2 hours with `sharpen`.
+    Skipped when the first restart's position probe reached :data:`POSITION_LEARNT`: sharpen then
+    gets its time."""
+    probe, done = _restart_probe(), WORK / "base" / "restart2.json"
+    if probe is not None and probe >= POSITION_LEARNT and not done.exists():
+        log(f"restart2: skipped, position probe {probe:.1%} after restart; its {RESTART2_S:.0f} s go to sharpen")
+        done.write_text(json.dumps(dict(skipped=True, position_probe_after_restart=probe)))
+        record("restart2", dict(skipped=True, position_probe_after_restart=probe))
     _continue_base("restart2", RESTART2_S, RESTART_LR, 100, **RESTART_NOISE)
 
 
@@ -577,8 +627,16 @@ def stage_sharpen() -> None:
     Once position is learnt, the plain noise gives the quiet timesteps their share back: on the CPU,
     from the second restart's weights, shape went 77.1 -> 92.5% (squares 35 -> 83%), position
     99 -> 96.5% in 900 s, and to 92.5% / 94% in 450 s (study/README.md, continue_pilot.py
-    ``base``; guidance 5, 200 prompts). The 450 s come out of the base's plain training."""
-    _continue_base("sharpen", SHARPEN_S, RESTART_LR, 50, **BASE_NOISE)
+    ``base``; guidance 5, 200 prompts). The 450 s come out of the base's plain training; a skipped
+    restart2 adds its own."""
+    _continue_base("sharpen", sharpen_seconds(), RESTART_LR, 50, **BASE_NOISE)
+
+
+def sharpen_seconds() -> float:
+    """Sharpen's budget: its own, plus restart2's when that was skipped."""
+    restart2 = WORK / "base" / "restart2.json"
+    skipped = restart2.exists() and json.loads(restart2.read_text()).get("skipped", False)
+    return SHARPEN_S + (RESTART2_S if skipped else 0)
 
 
 def stage_polish() -> None:

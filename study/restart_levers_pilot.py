@@ -1,0 +1,42 @@
+"""Restart pilot from a run's base.pt EMA: RESTART_NOISE for SECONDS, with position_share SHARE; then score."""
+import os, sys, json, time
+os.environ["SDW_TRAIN_WORK"] = "/work/scratch12/work"
+import numpy as np, torch
+from diffusers import UNet2DConditionModel, AutoencoderKL, StableDiffusionPipeline
+from transformers import CLIPTextModel, CLIPTokenizer
+from sdwidgets.training import shapes, world, noise
+from sdwidgets.training.architecture import default_scheduler, training_scheduler
+from sdwidgets.training.evaluate import eval_prompts, grammar_hits, generate
+torch.set_num_threads(2)
+tag, seconds, share, src = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+W = "/work/scratch12/work"
+tok = CLIPTokenizer.from_pretrained(W + "/base/tokenizer")
+unet = UNet2DConditionModel.from_pretrained(W + "/base/unet")
+te = CLIPTextModel.from_pretrained(W + "/base/text_encoder")
+ck = torch.load(f"{W}/{src}.pt", map_location="cpu", weights_only=False)
+unet.load_state_dict(ck["ema_u"]); te.load_state_dict(ck["ema_t"])
+torch.manual_seed(0)
+kw = dict(noise.RESTART_NOISE, **({"position_share": share} if share else {}))
+if len(sys.argv) > 5:
+    kw["snr_floor"] = float(sys.argv[5])
+info = shapes._train_base(unet, te, tok, __import__("pathlib").Path(f"/tmp/s17/{tag}.pt"), seconds, shapes.RESTART_LR, 100, **kw)
+unet.eval(); te.eval()
+vae = AutoencoderKL.from_pretrained(W + "/vae").eval()
+sched = training_scheduler()
+with torch.no_grad():
+    g = torch.Generator().manual_seed(5); x = torch.randn(16, 4, 16, 16, generator=g)
+    t = torch.full((16,), 999); ab = sched.alphas_cumprod[999]
+    def x0(p):
+        e = unet(x, t, shapes.encode_prompts(tok, te, [p] * 16)).sample
+        return (x - (1 - ab).sqrt() * e) / ab.sqrt()
+    lr = float((x0("a red circle on the left on a blue background") - x0("a red circle on the right on a blue background")).abs().mean())
+    col = float((x0("a red circle on a blue background") - x0("a green circle on a blue background")).abs().mean())
+    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=te, tokenizer=tok, scheduler=default_scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = eval_prompts(96)
+    imgs = generate(pipe, [world.caption_of(s) for s in scenes], list(range(96)), guidance_scale=5.0)
+h = {k: round(float(np.mean(v)), 3) for k, v in grammar_hits(scenes, imgs).items()}
+line = dict(tag=tag, src=src, seconds=seconds, share=share, floor=kw["snr_floor"], steps=info["steps"], x0_lr=round(lr, 4), x0_colour=round(col, 4), **h)
+print(json.dumps(line), flush=True)
+open("/tmp/s17/pilot.jsonl", "a").write(json.dumps(line) + "\n")
