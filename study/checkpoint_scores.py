@@ -1,4 +1,7 @@
-"""Score the EMA weights in each stage checkpoint of a run: fg/bg/shape/position on N prompts, guidance 5."""
+"""Score the EMA weights inside stage checkpoints of a run: fg / bg / shape / position on N grammar prompts,
+guidance 5, 20 Euler steps, with the run's VAE and tokenizer.
+
+Usage: python study/checkpoint_scores.py <work folder> N STAGE [STAGE ...]   (STAGE: base, restart, restart2, sharpen)"""
 import os, sys, json
 import numpy as np, torch
 from diffusers import UNet2DConditionModel, AutoencoderKL, StableDiffusionPipeline

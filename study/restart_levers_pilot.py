@@ -1,6 +1,11 @@
-"""Restart pilot from a run's base.pt EMA: RESTART_NOISE for SECONDS, with position_share SHARE; then score."""
+"""CPU pilot (2026-11-27): restart a from-scratch run's base (the EMA weights in WORK/SRC.pt) for SECONDS
+with the restart noise of 2026-11-26 (floor 0.3), with a position share SHARE and optionally another SNR
+FLOOR; then print x0 l/r, x0 red/green and fg / bg / shape / position / size on 96 grammar prompts (guidance 5).
+
+Usage: SDW_TRAIN_WORK=<a run's work folder> python study/restart_levers_pilot.py TAG SECONDS SHARE SRC [FLOOR]
+Results (results/restart_levers.jsonl, from /work/scratch12's base): see study/README.md."""
 import os, sys, json, time
-os.environ["SDW_TRAIN_WORK"] = "/work/scratch12/work"
+from pathlib import Path
 import numpy as np, torch
 from diffusers import UNet2DConditionModel, AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -9,17 +14,17 @@ from sdwidgets.training.architecture import default_scheduler, training_schedule
 from sdwidgets.training.evaluate import eval_prompts, grammar_hits, generate
 torch.set_num_threads(2)
 tag, seconds, share, src = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-W = "/work/scratch12/work"
+W = os.environ["SDW_TRAIN_WORK"]
 tok = CLIPTokenizer.from_pretrained(W + "/base/tokenizer")
 unet = UNet2DConditionModel.from_pretrained(W + "/base/unet")
 te = CLIPTextModel.from_pretrained(W + "/base/text_encoder")
 ck = torch.load(f"{W}/{src}.pt", map_location="cpu", weights_only=False)
 unet.load_state_dict(ck["ema_u"]); te.load_state_dict(ck["ema_t"])
 torch.manual_seed(0)
-kw = dict(noise.RESTART_NOISE, **({"position_share": share} if share else {}))
+kw = dict(noise.RESTART_NOISE, snr_floor=0.3, position_share=share)  # the pilot's baseline: 2026-11-26's restart
 if len(sys.argv) > 5:
     kw["snr_floor"] = float(sys.argv[5])
-info = shapes._train_base(unet, te, tok, __import__("pathlib").Path(f"/tmp/s17/{tag}.pt"), seconds, shapes.RESTART_LR, 100, **kw)
+info = shapes._train_base(unet, te, tok, Path(f"{W}/pilot_{tag}.pt"), seconds, shapes.RESTART_LR, 100, **kw)
 unet.eval(); te.eval()
 vae = AutoencoderKL.from_pretrained(W + "/vae").eval()
 sched = training_scheduler()
@@ -39,4 +44,3 @@ with torch.no_grad():
 h = {k: round(float(np.mean(v)), 3) for k, v in grammar_hits(scenes, imgs).items()}
 line = dict(tag=tag, src=src, seconds=seconds, share=share, floor=kw["snr_floor"], steps=info["steps"], x0_lr=round(lr, 4), x0_colour=round(col, 4), **h)
 print(json.dumps(line), flush=True)
-open("/tmp/s17/pilot.jsonl", "a").write(json.dumps(line) + "\n")
