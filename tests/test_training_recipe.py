@@ -59,7 +59,7 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert probe["chosen"] == (4 if worse else 8) == rec["vae"]["factor"]
     assert rec["base"]["loss_curve_every_50"], "the base stage records its loss curve"
     assert rec["restart"]["steps"] > 0 and rec["restart"]["lr"] == 3e-4
-    from sdwidgets.training.noise import BASE_NOISE, RESTART_NOISE  # the noise each stage trained with
+    from sdwidgets.training.noise import BASE_NOISE, RESTART2_NOISE, RESTART_NOISE  # the noise each stage trained with
 
     assert {k: rec["base"][k] for k in BASE_NOISE} == BASE_NOISE
     assert {k: rec["restart"][k] for k in RESTART_NOISE} == RESTART_NOISE
@@ -69,7 +69,7 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     if rec["restart"]["position_probe"] >= POSITION_LEARNT:  # 2 probe prompts: rarely, by chance
         assert rec["restart2"]["skipped"]
     else:
-        assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART_NOISE} == RESTART_NOISE
+        assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART2_NOISE} == RESTART2_NOISE
     assert rec["sharpen"]["steps"] > 0 and {k: rec["sharpen"][k] for k in BASE_NOISE} == BASE_NOISE
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
@@ -130,7 +130,7 @@ def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
     assert "**From scratch with the default budgets** (2026-11-26, idle CPU): 117 min" in card
     assert "base 1900, restart 1500 steps" in card and "| position accuracy (240 prompts) | 41.0% | >= 85% | **no** |" in card
     default = ws.recipe_training_s() / 60
-    assert f"the stages train for {default:.0f} min in all" in card and default <= 110  # + ~6 min measured overhead: under 2 h
+    assert f"the stages train for {default:.0f} min in all" in card and default <= 112  # + 6.4 min of overhead measured in the third run: under 2 h
     assert "From scratch" not in render_card({}, {}, [])
 
 

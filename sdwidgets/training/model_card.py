@@ -5,7 +5,7 @@ import json
 
 from .architecture import TEXT_DIM, UNET_CHANNELS, vae_config
 from .evaluate import verdicts
-from .noise import BASE_NOISE, RESTART_NOISE
+from .noise import BASE_NOISE, RESTART2_NOISE, RESTART_NOISE
 from . import workspace as ws
 from .workspace import ASSET, N_TRAIN, WORK, recorded
 
@@ -195,7 +195,7 @@ def _recipe_noise() -> str:
         floor = f"SNR floor {n['snr_floor']}" if n["snr_floor"] else "no SNR floor"
         placed = f", {n['position_share']:.0%} of each batch captioned with its position word" if n.get("position_share") else ""
         return f"{noise}, {times}, {floor}, samples at t >= {n['blind_from']} blind{placed}"
-    return f"base: {words(BASE_NOISE)}; restart: {words(RESTART_NOISE)}"
+    return f"base: {words(BASE_NOISE)}; restart: {words(RESTART_NOISE)}; restart2: {words(RESTART2_NOISE)}"
 
 
 def _table_rows(rows: list) -> str:

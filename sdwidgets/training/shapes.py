@@ -35,7 +35,7 @@ from . import world
 from .architecture import default_scheduler, text_config, training_scheduler, unet_config, vae_config
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
-from .noise import BASE_NOISE, BLIND_FROM, PYRAMID_DISCOUNT, RESTART_NOISE, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
+from .noise import BASE_NOISE, BLIND_FROM, PYRAMID_DISCOUNT, RESTART2_NOISE, RESTART_NOISE, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
 from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, RESTART2_S, SEED, SHARPEN_S,
                         VAE_PROBE_S, VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
 
@@ -606,7 +606,8 @@ def _restart_probe() -> float | None:
 
 
 def stage_restart2() -> None:
-    """A second warm restart with the restart's noise and rate. On the CPU, with the default
+    """A second warm restart at the restart's rate, with :data:`.noise.RESTART2_NOISE` (the position
+    share kept, the SNR floor back to 0.3 so that shape suffers less). On the CPU, with the default
     budgets, the first restart left position words half learnt (60%, still rising) and a second
     one of 900 s took them to 99% at the same shape (study/README.md, continue_pilot.py). Its
     default is 720 s, and the base's 1,350 s (was 2,000) keep `all` within 2 hours with `sharpen`.
@@ -617,7 +618,7 @@ def stage_restart2() -> None:
         log(f"restart2: skipped, position probe {probe:.1%} after restart; its {RESTART2_S:.0f} s go to sharpen")
         done.write_text(json.dumps(dict(skipped=True, position_probe_after_restart=probe)))
         record("restart2", dict(skipped=True, position_probe_after_restart=probe))
-    _continue_base("restart2", RESTART2_S, RESTART_LR, 100, **RESTART_NOISE)
+    _continue_base("restart2", RESTART2_S, RESTART_LR, 100, **RESTART2_NOISE)
 
 
 def stage_sharpen() -> None:
@@ -627,8 +628,10 @@ def stage_sharpen() -> None:
     Once position is learnt, the plain noise gives the quiet timesteps their share back: on the CPU,
     from the second restart's weights, shape went 77.1 -> 92.5% (squares 35 -> 83%), position
     99 -> 96.5% in 900 s, and to 92.5% / 94% in 450 s (study/README.md, continue_pilot.py
-    ``base``; guidance 5, 200 prompts). The 450 s come out of the base's plain training; a skipped
-    restart2 adds its own."""
+    ``base``; guidance 5, 200 prompts). Its 750 s: 450 taken from the base's plain training, 120
+    from ControlNet (IoU 0.69 at 420 s, bar 0.6) and 180 of the two hours' headroom, because a
+    second 540-s sharpen of the third run's weights took shape 69.8 -> 87.5%. A skipped restart2
+    adds its own."""
     _continue_base("sharpen", sharpen_seconds(), RESTART_LR, 50, **BASE_NOISE)
 
 
