@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_RESTART2_S": "2", "SDW_SHARPEN_S": "2", "SDW_POLISH_S": "2",
+TINY_BUDGETS = {"SDW_VAE_PROBE_S": "2", "SDW_VAE_S": "3", "SDW_DECODER_S": "2", "SDW_ADAPT_S": "2", "SDW_ADAPT_PAIRS": "32", "SDW_BASE_S": "4", "SDW_RESTART_S": "2", "SDW_RESTART2_S": "2", "SDW_SHARPEN_S": "2", "SDW_SHARPEN2_S": "2", "SDW_POLISH_S": "2",
                 "SDW_CONTROLNET_S": "3", "SDW_LORA_S": "3", "SDW_N_TRAIN": "256",
                 "SDW_EVAL_N": "6", "SDW_EVAL_SMALL": "3", "SDW_PROBE_N": "2"}
 
@@ -36,7 +36,7 @@ def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
 
     tmp, out = trained
     asset = tmp / "asset"
-    for stage in ("vae", "base", "restart", "restart2", "sharpen", "polish", "decoder", "adapt", "export", "controlnet", "lora", "evaluate"):
+    for stage in ("vae", "base", "restart", "restart2", "sharpen", "sharpen2", "polish", "decoder", "adapt", "export", "controlnet", "lora", "evaluate"):
         assert f"stage {stage}:" in out
     pipe = StableDiffusionPipeline.from_pretrained(str(asset), torch_dtype=torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)
@@ -70,7 +70,8 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
         assert rec["restart2"]["skipped"]
     else:
         assert rec["restart2"]["steps"] > 0 and {k: rec["restart2"][k] for k in RESTART2_NOISE} == RESTART2_NOISE
-    assert rec["sharpen"]["steps"] > 0 and {k: rec["sharpen"][k] for k in BASE_NOISE} == BASE_NOISE
+    for stage in ("sharpen", "sharpen2"):  # two warm restarts with the base's plain noise
+        assert rec[stage]["steps"] > 0 and rec[stage]["lr"] == 3e-4 and {k: rec[stage][k] for k in BASE_NOISE} == BASE_NOISE
     assert rec["adapt"]["candidates"] == 32 and 0 <= rec["adapt"]["pairs"] <= 32 and rec["adapt"]["steps"] > 0
     assert rec["polish"]["steps"] > 0 and rec["polish"]["white_below"] == 500 and rec["polish"]["lr"] == 1e-4
     scores = json.loads((tmp / "work" / "eval.json").read_text())
@@ -90,7 +91,7 @@ def test_recipe_resumes_instead_of_retraining(trained):
     before = weights.stat().st_mtime_ns
     out = _recipe(tmp, "base")
     assert "base: exists, skipped" in out and weights.stat().st_mtime_ns == before
-    for stage in ("restart", "restart2", "sharpen", "polish"):  # done too, so they leave the weights alone
+    for stage in ("restart", "restart2", "sharpen", "sharpen2", "polish"):  # done too, so they leave the weights alone
         out = _recipe(tmp, stage)
         assert f"{stage}: exists, skipped" in out and weights.stat().st_mtime_ns == before
 

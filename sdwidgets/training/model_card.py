@@ -82,7 +82,7 @@ with `torch_dtype=torch.float32` on CPU.
 {files}
 
 ## How it was trained
-`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `restart2`, `sharpen`, `decoder`, `adapt`, `export`, `controlnet`,
+`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `restart2`, `sharpen`, `sharpen2`, `decoder`, `adapt`, `export`, `controlnet`,
 `lora`, `export`, `evaluate`; fixed seeds, resumable checkpoints, each stage skipped when its output
 exists) on a 2-core CPU, torch 2 threads, no GPU. The shipped weights also ran the stage `polish`
 after `restart`. Budgets are wall-clock, so the number of steps depends on the machine's load
@@ -121,7 +121,8 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    captions to 24 tokens, and a second restart (stage `restart2`, same noise and rate) follows
    the first unless a position probe after it (48 grammar prompts of another seed than the
    evaluation's) already reads 95% or more, in which case its time goes to the next stage; then a third with the base's noise (stage `sharpen`: once position words are
-   learnt, it gives shape, and the corners of squares, the training share back); the shipped weights were trained before these changes, the from-scratch run above
+   learnt, it gives shape, and the corners of squares, the training share back), and a fourth
+   like it with a fresh schedule (stage `sharpen2`); the shipped weights were trained before these changes, the from-scratch run above
    with the noise before them (see its note). "Blind" samples
    see pure white noise as x_t, as the sampler's first step does, with the epsilon that maps it
    back to the image as target, so that only the prompt can tell the layout there; the higher
@@ -171,7 +172,7 @@ def _shortfalls(rows: list, vae: dict) -> str:
     if not missed:
         return ""
     return ("- **Below issue 3's bars on:** " + "; ".join(missed) + ". Longer budgets (`SDW_BASE_S`, "
-            "`SDW_RESTART_S`, `SDW_RESTART2_S`, `SDW_SHARPEN_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
+            "`SDW_RESTART_S`, `SDW_RESTART2_S`, `SDW_SHARPEN_S`, `SDW_SHARPEN2_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
 
 
 def _budget_line(rec: dict) -> str:
@@ -181,7 +182,7 @@ def _budget_line(rec: dict) -> str:
     vae = rec.get("vae", {})
     spent = [rec.get("vae_probe", {}).get("probe_s", 0), vae.get("train_s", 0),
              vae.get("decoder_polish", {}).get("train_s", 0)]
-    spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "restart2", "sharpen", "polish", "controlnet", "lora")]
+    spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "restart2", "sharpen", "sharpen2", "polish", "controlnet", "lora")]
     return (f"With the default budgets the stages train for {default / 60:.0f} min in all (plus about "
             f"6 min of encoding, the unchosen VAE probe, img2img pairs, export and evaluation: the 114-min "
             f"run below had 108 min of budgets); the shipped weights had longer "

@@ -25,7 +25,8 @@ ADAPT_S = float(os.environ.get("SDW_ADAPT_S", 420))
 BASE_S = float(os.environ.get("SDW_BASE_S", 1350))
 RESTART_S = float(os.environ.get("SDW_RESTART_S", 1600))
 RESTART2_S = float(os.environ.get("SDW_RESTART2_S", 720))
-SHARPEN_S = float(os.environ.get("SDW_SHARPEN_S", 750))
+SHARPEN_S = float(os.environ.get("SDW_SHARPEN_S", 390))
+SHARPEN2_S = float(os.environ.get("SDW_SHARPEN2_S", 360))
 POLISH_S = float(os.environ.get("SDW_POLISH_S", 900))
 CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 420))
 LORA_S = float(os.environ.get("SDW_LORA_S", 270))
@@ -35,7 +36,7 @@ N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
 def recipe_training_s() -> float:
     """Seconds of training in ``all`` with these budgets: one VAE probe counts (the chosen one is
     continued; the other is overhead), ``polish`` does not (it is not in ``all``)."""
-    return (VAE_PROBE_S + VAE_S + DECODER_S + ADAPT_S + BASE_S + RESTART_S + RESTART2_S + SHARPEN_S
+    return (VAE_PROBE_S + VAE_S + DECODER_S + ADAPT_S + BASE_S + RESTART_S + RESTART2_S + SHARPEN_S + SHARPEN2_S
             + CONTROLNET_S + LORA_S)
 
 
