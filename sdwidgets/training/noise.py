@@ -22,7 +22,7 @@ BLIND_FROM = 900  # base_loss's default (see blind_top); the shipped weights pre
 # timesteps six times more (floor 0.3 instead of 0.05): on a GPU every run with it learnt position
 # words within 1,800 steps and 5 of 6 without it stayed at 24-40% (study/position_study.py); on the
 # CPU after the plain base it took position 23% -> 60% (x0 left/right 0.009 -> 0.24), shape 81% -> 78.5%.
-# Once position is learnt, the last restart (stage sharpen) trains with BASE_NOISE again: without
+# Once position is learnt, the last restarts (stages sharpen, sharpen2) train with BASE_NOISE again: without
 # the floor, squares get their corners back (shape 77 -> 92.5%, position 99 -> 94%, study/README.md).
 BASE_NOISE = dict(discount=0.0, high_noise_share=0.0, snr_floor=0.0, blind_from=BLIND_FROM)
 # Since 2026-11-27 the restart pushes position harder: floor 1.0 instead of 0.3, and 75% of each
