@@ -184,8 +184,8 @@ def _budget_line(rec: dict) -> str:
              vae.get("decoder_polish", {}).get("train_s", 0)]
     spent += [rec.get(k, {}).get("train_s", 0) for k in ("adapt", "base", "restart", "restart2", "sharpen", "sharpen2", "polish", "controlnet", "lora")]
     return (f"With the default budgets the stages train for {default / 60:.0f} min in all (plus about "
-            f"6 min of encoding, the unchosen VAE probe, img2img pairs, export and evaluation: the 114-min "
-            f"run below had 108 min of budgets); the shipped weights had longer "
+            f"6 min of encoding, the unchosen VAE probe, img2img pairs, export and evaluation: the 117-min "
+            f"run below had 111 min of budgets); the shipped weights had longer "
             f"budgets, {sum(spent) / 60:.0f} min of training in all.")
 
 

@@ -637,7 +637,8 @@ def stage_sharpen2() -> None:
     """Sharpen again from its EMA weights with a fresh schedule: a single 1,470-s sharpen stopped at
     shape 86.2% (squares 36 of 67, their median box fill 0.902 against the analyser's 0.9), and
     360 s more as a second restart took those weights to 90.4% (squares 47;
-    study/outline_sharpen_pilot.py, plain arm). Its 360 s come out of sharpen's 750."""
+    study/outline_sharpen_pilot.py, plain arm). Its 360 s come out of sharpen's 750; the first
+    one-piece run with it (1,110 + 360 s) scored shape 90.8%, squares 45 of 67."""
     _continue_base("sharpen2", SHARPEN2_S, RESTART_LR, 50, **BASE_NOISE)
 
 
