@@ -133,6 +133,8 @@ def test_model_card_reports_the_from_scratch_run_and_the_default_budget():
     default = ws.recipe_training_s() / 60
     assert f"the stages train for {default:.0f} min in all" in card and default <= 112  # + 6.4 min of overhead measured in the third run: under 2 h
     assert "From scratch" not in render_card({}, {}, [])
+    # the card lists the stages `all` runs, in order, as the recipe does
+    assert "(stages `vae`, `base`, `restart`, `restart2`, `sharpen`, `sharpen2`, `decoder`," in card
 
 
 def test_roundtrip_shape_accuracy_tells_the_shipped_vae_from_an_untrained_one():

@@ -82,8 +82,7 @@ with `torch_dtype=torch.float32` on CPU.
 {files}
 
 ## How it was trained
-`python -m sdwidgets.training.shapes all` (stages `vae`, `base`, `restart`, `restart2`, `sharpen`, `sharpen2`, `decoder`, `adapt`, `export`, `controlnet`,
-`lora`, `export`, `evaluate`; fixed seeds, resumable checkpoints, each stage skipped when its output
+`python -m sdwidgets.training.shapes all` (stages {", ".join(f"`{name}`" for name in ws.ALL)}; fixed seeds, resumable checkpoints, each stage skipped when its output
 exists) on a 2-core CPU, torch 2 threads, no GPU. The shipped weights also ran the stage `polish`
 after `restart`. Budgets are wall-clock, so the number of steps depends on the machine's load
 (the CPU was shared with other work during parts of this run).

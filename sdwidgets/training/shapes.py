@@ -37,7 +37,7 @@ from .architecture import default_scheduler, text_config, training_scheduler, un
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
 from .noise import BASE_NOISE, BLIND_FROM, PYRAMID_DISCOUNT, RESTART2_NOISE, RESTART_NOISE, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
-from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, RESTART2_S, SEED, SHARPEN_S, SHARPEN2_S,
+from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, RESTART2_S, SEED, SHARPEN_S, SHARPEN2_S, ALL,
                         VAE_PROBE_S, VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
 
 
@@ -834,9 +834,6 @@ def stage_lora() -> None:
 STAGES: dict = {"vae": stage_vae, "base": stage_base, "restart": stage_restart, "restart2": stage_restart2, "sharpen": stage_sharpen,
                 "sharpen2": stage_sharpen2, "polish": stage_polish, "decoder": stage_decoder, "adapt": stage_adapt, "export": stage_export,
                 "controlnet": stage_controlnet, "lora": stage_lora, "evaluate": stage_evaluate}
-# The 2-hour recipe. `polish` is not in it: it moved shape little and cost the ring LoRA rings
-# (model card); the shipped weights ran it, and it stays a stage of its own.
-ALL = ["vae", "base", "restart", "restart2", "sharpen", "sharpen2", "decoder", "adapt", "export", "controlnet", "lora", "export", "evaluate"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,10 @@ POLISH_S = float(os.environ.get("SDW_POLISH_S", 900))
 CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 420))
 LORA_S = float(os.environ.get("SDW_LORA_S", 270))
 N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
+# The stages of the 2-hour recipe, in order (``python -m sdwidgets.training.shapes all``). `polish` is
+# not in it: it moved shape little and cost the ring LoRA rings (model card); the shipped weights
+# ran it, and it stays a stage of its own.
+ALL = ["vae", "base", "restart", "restart2", "sharpen", "sharpen2", "decoder", "adapt", "export", "controlnet", "lora", "export", "evaluate"]
 
 
 def recipe_training_s() -> float:
