@@ -9,10 +9,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ParamError
-from .params import _check_number, load_image
+from .errors import MissingExtraError, ParamError
+from .validate import check_number, load_image
 
-# kind -> (controlnet_aux detector, needs annotator weights from the hub, options and defaults)
+# kind -> (controlnet_aux detector (canny: OpenCV, see run_preprocessor), needs annotator weights from the hub, options and defaults)
 PREPROCESSORS: dict[str, tuple[str, bool, dict]] = {
     "canny": ("CannyDetector", False, {"low_threshold": 100, "high_threshold": 200}),
     "shuffle": ("ContentShuffleDetector", False, {}),
@@ -45,7 +45,8 @@ class Control:
 
     A plain picture goes through the kind's preprocessor; pass `preprocess=False`
     (or an edge map: black and white only, detected automatically) to use it as is.
-    `options` are the preprocessor's parameters, e.g. low_threshold/high_threshold for canny.
+    `options` are the preprocessor's parameters, e.g. low_threshold/high_threshold for canny,
+    given as keywords or as a dict; `dataclasses.replace(control, scale=0.5)` works.
     """
 
     kind: str
@@ -56,14 +57,16 @@ class Control:
     preprocess: bool | None = None      # None: automatic
     options: dict = field(default_factory=dict)
 
-    def __init__(self, kind, image, scale=1.0, start=0.0, end=1.0, preprocess=None, **options):
+    def __init__(self, kind, image, scale=1.0, start=0.0, end=1.0, preprocess=None, options=None, **more_options):
+        # preprocessor options as a dict (what dataclasses.replace passes) or as keywords
+        options = {**(options or {}), **more_options}
         if kind not in PREPROCESSORS:
             raise ParamError(f"controls: unknown kind {kind!r}; choose one of: {', '.join(PREPROCESSORS)}")
         self.kind = kind
         self.image = load_image(image, f"controls[{kind}].image")
-        self.scale = _check_number(f"controls[{kind}].scale", scale, 0.0, 5.0)
-        self.start = _check_number(f"controls[{kind}].start", start, 0.0, 1.0)
-        self.end = _check_number(f"controls[{kind}].end", end, 0.0, 1.0)
+        self.scale = check_number(f"controls[{kind}].scale", scale, 0.0, 5.0)
+        self.start = check_number(f"controls[{kind}].start", start, 0.0, 1.0)
+        self.end = check_number(f"controls[{kind}].end", end, 0.0, 1.0)
         if self.start >= self.end:
             raise ParamError(f"controls[{kind}]: start ({start}) must be below end ({end})")
         unknown = set(options) - set(PREPROCESSORS[kind][2])
@@ -119,11 +122,27 @@ _DETECTORS: dict = {}
 
 
 def run_preprocessor(kind: str, image, options: dict):
-    """Apply the controlnet-aux detector for `kind` at the image's own resolution."""
+    """The conditioning image for `kind` at the image's own resolution.
+
+    canny is OpenCV's (a core dependency: it conditions the embedded model's ControlNet);
+    the other kinds use controlnet-aux's detectors (the `annotators` extra).
+    """
+    if kind == "canny":
+        return canny(image, **options)
     detector = _detector(kind)
     size = image.size
     out = detector(image, detect_resolution=min(size), image_resolution=min(size), output_type="pil", **options)
     return out.resize(size) if out.size != size else out
+
+
+def canny(image, low_threshold: int = 100, high_threshold: int = 200):
+    """Canny edges as an RGB image (white edges on black), what canny ControlNets were trained on."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    edges = cv2.Canny(np.asarray(image.convert("RGB")), low_threshold, high_threshold)
+    return Image.fromarray(edges).convert("RGB")
 
 
 def _detector(kind: str):
@@ -131,7 +150,12 @@ def _detector(kind: str):
         cls_name, needs_weights, _ = PREPROCESSORS[kind]
         with warnings.catch_warnings():   # controlnet_aux imports optional extras noisily
             warnings.simplefilter("ignore")
-            import controlnet_aux
+            try:
+                import controlnet_aux
+            except ImportError:
+                raise MissingExtraError(f"controls: the {kind!r} preprocessor needs controlnet-aux; "
+                                        "install it with `pip install 'sdwidgets[annotators]'` "
+                                        "(or pass preprocess=False with a ready conditioning image)") from None
 
             cls = getattr(controlnet_aux, cls_name)
         _DETECTORS[kind] = cls.from_pretrained(ANNOTATORS_REPO) if needs_weights else cls()

@@ -19,3 +19,7 @@ class UnsafeModelError(ParamError):
 
 class OutOfMemoryError(SDWidgetsError, MemoryError):
     """The device ran out of memory; the message lists the options that would help."""
+
+
+class MissingExtraError(SDWidgetsError, ImportError):
+    """A feature needs an optional dependency; the message names the extra to install."""
