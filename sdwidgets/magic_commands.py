@@ -202,8 +202,7 @@ def cmd_rerun(magic, args):
     NAME=VALUE changes one thing: a {variable} of the run's prompt template (the prompt is
     expanded again), or seed, steps, cfg, sampler, size, strength, negative.
     """
-    from .magic_parse import expand
-    from .magics import Plan
+    from .magic_parse import Plan, expand
     from .params import parse_infotext
     from .sweep import ALIASES, PARAMS
 

@@ -11,11 +11,30 @@ import argparse
 import ast
 import json
 import shlex
+from dataclasses import dataclass, field
 
 from IPython.utils.text import FullEvalFormatter
 
 from .errors import ParamError
 from .sweep import parse_size
+from .validate import parse_int, parse_number
+
+# ---- what a %%sd cell will run ----------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The runs a `%%sd` cell asks for, validated, before anything is generated."""
+
+    params: list                      # GenerationParams per run, validated
+    tags: list                        # log tags per run
+    labels: list                      # sweep cell labels per run
+    axes: list                        # [] or sweep axes
+    out: str | None = None
+    preview: bool = True
+    every: int = 1
+    notes: list = field(default_factory=list)
+
 
 # ---- {name} expansion -----------------------------------------------------------------------
 
@@ -116,17 +135,11 @@ def _typed(parse, accepted: str):
 
 
 def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+    return parse_int(text, "value", 1)
 
 
 def _non_negative(text):
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
+    return parse_number(text, "value", 0.0)
 
 
 def _sampler(text):

@@ -17,7 +17,6 @@ import secrets
 import shlex
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -25,24 +24,9 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from .errors import ParamError, SDWidgetsError
-from .magic_parse import (PARSER, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
+from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
                           pasted_settings, template_fields)
 from .sweep import SweepResult, cells, parse_axes, parse_size
-
-# ---- what one cell will run ---------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    params: list                      # GenerationParams per run, validated
-    tags: list                        # log tags per run
-    labels: list                      # sweep cell labels per run
-    axes: list                        # [] or sweep axes
-    out: str | None = None
-    preview: bool = True
-    every: int = 1
-    notes: list = field(default_factory=list)
-
 
 # ---- the magic ----------------------------------------------------------------------------------
 

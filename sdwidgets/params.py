@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,51 +15,10 @@ from typing import Any
 
 from .errors import ParamError
 from .schedulers import SAMPLER_NAMES, check_sampler
+from .validate import check_int, check_number, load_image
 
 INFOTEXT_KEY = "parameters"      # A1111's PNG text chunk
 JSON_KEY = "sdwidgets"           # our full-fidelity chunk
-
-
-def _check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParamError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ParamError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParamError(f"{name} must be a number, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ParamError(f"{name} must be {bounds}, got {value!r}")
-    return float(value)
-
-
-def load_image(value: Any, field_name: str):
-    """A PIL RGB image from a PIL image, numpy array or path; ParamError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if hasattr(value, "__array__") and not isinstance(value, (str, Path)):
-        import numpy as np
-
-        arr = np.asarray(value)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
-    if isinstance(value, (str, Path)):
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ParamError(f"{field_name}: no such image file: {str(path)!r}")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ParamError(f"{field_name}: cannot read {str(path)!r} as an image ({exc})") from None
-    raise ParamError(f"{field_name} must be a PIL image, a numpy array or an image path, got {type(value).__name__}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,16 +52,16 @@ class GenerationParams:
             set_(name, value)
         # 2. Numbers
         if self.seed is not None:
-            set_("seed", _check_int("seed", self.seed, 0))
+            set_("seed", check_int("seed", self.seed, 0))
             if self.seed >= 2**63:
                 raise ParamError(f"seed must be < 2**63, got {self.seed}")
-        set_("steps", _check_int("steps", self.steps, 1))
-        set_("guidance_scale", _check_number("guidance_scale", self.guidance_scale, 0.0))
-        set_("num_images", _check_int("num_images", self.num_images, 1))
+        set_("steps", check_int("steps", self.steps, 1))
+        set_("guidance_scale", check_number("guidance_scale", self.guidance_scale, 0.0))
+        set_("num_images", check_int("num_images", self.num_images, 1))
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                value = _check_int(name, value, 8)
+                value = check_int(name, value, 8)
                 if value % 8:
                     raise ParamError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8} or {value // 8 * 8 + 8})")
                 set_(name, value)
@@ -122,9 +80,9 @@ class GenerationParams:
         # 7. img2img
         if self.init_image is not None:
             set_("init_image", load_image(self.init_image, "init_image"))
-            set_("strength", _check_number("strength", 0.75 if self.strength is None else self.strength, 0.0, 1.0))
+            set_("strength", check_number("strength", 0.75 if self.strength is None else self.strength, 0.0, 1.0))
         elif self.strength is not None:
-            _check_number("strength", self.strength, 0.0, 1.0)
+            check_number("strength", self.strength, 0.0, 1.0)
             raise ParamError("strength only applies with init_image (image-to-image); pass init_image or drop strength")
 
     @staticmethod
@@ -140,7 +98,7 @@ class GenerationParams:
                 raise ParamError(f"loras must be a dict {{name: strength}}, got {loras!r}") from None
             if not isinstance(name, str) or not name:
                 raise ParamError(f"loras: names must be non-empty strings, got {name!r}")
-            out.append((name, _check_number(f"loras[{name!r}]", strength, -4.0, 4.0)))
+            out.append((name, check_number(f"loras[{name!r}]", strength, -4.0, 4.0)))
         return tuple(out)
 
     @staticmethod

@@ -59,11 +59,12 @@ class Run:
         error = f'<div style="color:#b00">{html.escape(self.error)}</div>' if self.error else ""
         return (f'<div class="sdw-run"><div>{cells}</div>'
                 f'<div style="font-family:monospace;font-size:12px">{html.escape(self.caption())}</div>'
-                f'<div style="font-size:12px">{html.escape(p_short(self.params.prompt))}</div>{error}</div>')
+                f'<div style="font-size:12px">{html.escape(shorten(self.params.prompt))}</div>{error}</div>')
 
     def __repr__(self) -> str:
         return f"Run({self.caption()}, {len(self.images)} image(s), {len(self.frames)} frames)"
 
 
-def p_short(text: str, n: int = 120) -> str:
+def shorten(text: str, n: int = 120) -> str:
+    """`text` cut to `n` characters, an ellipsis marking the cut."""
     return text if len(text) <= n else text[: n - 1] + "…"

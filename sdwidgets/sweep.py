@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .errors import ParamError
 from .images import data_url
 from .schedulers import check_sampler
+from .validate import parse_int, parse_number
 
 MAX_AXES = 2
 
@@ -34,27 +35,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _int(text: str, name: str, minimum: int) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ParamError(f"{name}: expected an integer, got {text!r}") from None
-    if value < minimum:
-        raise ParamError(f"{name}: must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(text: str, name: str, lo: float = 0.0, hi: float | None = None) -> float:
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise ParamError(f"{name}: expected a number, got {text!r}") from None
-    if value < lo or (hi is not None and value > hi):
-        raise ParamError(f"{name}: must be in [{lo}, {hi}], got {value}" if hi is not None
-                         else f"{name}: must be >= {lo}, got {value}")
-    return value
-
-
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
@@ -64,12 +44,12 @@ def _literal(text: str):
 
 # sweep name -> (parser of one value, generate() keyword(s) it sets)
 PARAMS = {
-    "seed": (lambda v: _int(v, "seed", 0), "seed"),
-    "steps": (lambda v: _int(v, "steps", 1), "steps"),
-    "cfg": (lambda v: _float(v, "cfg"), "guidance_scale"),
+    "seed": (lambda v: parse_int(v, "seed", 0), "seed"),
+    "steps": (lambda v: parse_int(v, "steps", 1), "steps"),
+    "cfg": (lambda v: parse_number(v, "cfg", 0.0), "guidance_scale"),
     "sampler": (check_sampler, "scheduler"),
     "size": (parse_size, ("width", "height")),
-    "strength": (lambda v: _float(v, "strength", 0.0, 1.0), "strength"),
+    "strength": (lambda v: parse_number(v, "strength", 0.0, 1.0), "strength"),
     "negative": (str, "negative_prompt"),
     "model": (str, "model"),
 }
@@ -122,7 +102,7 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
     if name in PARAMS:
         kind, parse = "param", PARAMS[name][0]
     elif name.startswith("lora:") and len(name) > 5:
-        kind, parse = "lora", (lambda v: _float(v, name, -4.0, 4.0))
+        kind, parse = "lora", (lambda v: parse_number(v, name, -4.0, 4.0))
     elif name in template_names:
         kind, parse = "var", _literal
     else:
@@ -131,7 +111,7 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
     for item in split_values(raw):
         lo, dots, hi = item.partition("..")
         if dots and (name in INT_RANGES or (kind == "var" and lo.strip().isdigit() and hi.strip().isdigit())):
-            start, stop = _int(lo, f"--sweep {name} range start", 0), _int(hi, f"--sweep {name} range end", 0)
+            start, stop = parse_int(lo, f"--sweep {name} range start", 0), parse_int(hi, f"--sweep {name} range end", 0)
             if stop < start:
                 raise ParamError(f"--sweep {name}: range {item!r} is empty (write low..high)")
             values.extend(range(start, stop + 1))

@@ -8,7 +8,7 @@ from pathlib import Path
 import ipywidgets as W
 
 from ..controlnet import PREPROCESSORS, Control
-from ..params import load_image
+from ..validate import load_image
 from .base import Panel, close_tree, image_value, image_widget, message, short_error
 
 THUMB = 128

@@ -8,6 +8,7 @@ import json
 import ipywidgets as W
 
 from ..images import data_url
+from ..run import shorten
 from .base import Panel, image_value, image_widget, message, short_error
 
 THUMB = 40
@@ -93,7 +94,7 @@ class LogPanel(Panel):
         body = ""
         for r in rows:
             loras = ", ".join(f"{k}:{v:g}" for k, v in json.loads(r.get("loras") or "{}").items())
-            cells = [self._thumb(r), html.escape(short(r["prompt"], 40)), r["seed"], r["scheduler"], r["steps"],
+            cells = [self._thumb(r), html.escape(shorten(r["prompt"], 40)), r["seed"], r["scheduler"], r["steps"],
                      f'{r["guidance_scale"]:g}', html.escape(loras), r["created"].strftime("%H:%M:%S"),
                      f'{r["duration_s"]:.2f}', r["status"]]
             body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
@@ -154,10 +155,6 @@ class LogPanel(Panel):
         super().close()
 
 
-def short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def label(record: dict) -> str:
     return (f'{record["created"].strftime("%H:%M:%S")} · seed {record["seed"]} · {record["scheduler"]} · '
-            f'{record["steps"]} steps · CFG {record["guidance_scale"]:g} · {short(record["prompt"], 50)}')
+            f'{record["steps"]} steps · CFG {record["guidance_scale"]:g} · {shorten(record["prompt"], 50)}')
