@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # One torch thread per test process: the small models gain nothing from two on this 2-core
 # machine, and kernels/servers started by tests inherit it (no oversubscription).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The weight-hash cache goes to a temporary folder, never the user's ~/.cache/sdwidgets.
+os.environ["SDWIDGETS_CACHE"] = tempfile.mkdtemp(prefix="sdw-test-cache-")
 
 import pytest
 

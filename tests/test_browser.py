@@ -8,7 +8,6 @@ test-artifacts/dashboard.png (copied to docs/dashboard.png for the README with S
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing() is not None, rea
 def test_dashboard_generates_in_a_real_browser(tmp_path, model):
     from playwright.sync_api import expect
 
-    t0 = time.monotonic()
     root = tmp_path / "lab"
     root.mkdir()
     model_arg = "" if EMBEDDED_READY else f", model={model!r}"
@@ -88,4 +86,3 @@ def test_dashboard_generates_in_a_real_browser(tmp_path, model):
     if os.environ.get("SDW_UPDATE_DOCS"):      # refresh the README's screenshot only when asked
         keep(shot, ROOT / "docs" / "dashboard.png")
     assert shot.stat().st_size > 10_000
-    assert time.monotonic() - t0 < 180

@@ -31,11 +31,15 @@ def test_one_row_per_image_with_every_column(session):
 
 
 def test_log_survives_a_new_session_on_the_same_folder(session, model):
-    session.generate("a circle", seed=1, steps=2)
-    session.generate("a square", seed=2, steps=2, num_images=2)
-    again = sdw.Session(log_dir=session.log.dir, model=model, progress=False)
-    assert again.log.df.drop(columns=["created"]).equals(session.log.df.drop(columns=["created"]))
+    a = session.generate("a circle", seed=1, steps=2)
+    b = session.generate("a square", seed=2, steps=2, num_images=2)
+    again = sdw.Session(log_dir=session.log.dir, model=model, progress=False)   # a kernel restart
+    df = again.log.df
     assert len(again.log) == 3
+    assert list(df["run_id"]) == [a.run_id, b.run_id, b.run_id] and list(df["seed"]) == [1, 2, 3]
+    assert list(df["prompt"]) == ["a circle", "a square", "a square"] and list(df["image_index"]) == [0, 0, 1]
+    for run in (a, b):   # the images read back are the pixels the runs made
+        assert [pixels(im).tolist() for im in again.log.images(run.run_id)] == [pixels(im).tolist() for im in run.images]
 
 
 def test_appending_never_rewrites_earlier_records(session):

@@ -20,13 +20,12 @@ def circle_image(size=64):
     return im
 
 
-def test_import_is_light_and_fast():
-    code = ("import time, sys; t = time.perf_counter(); import sdwidgets as s; s.Session; s.GenerationParams; "
-            "s.Control; dt = time.perf_counter() - t; "
-            "print(dt, 'torch' in sys.modules, 'diffusers' in sys.modules)")
+def test_import_is_light():
+    # how long it takes is measured by benchmarks/import_time.py, not asserted here
+    code = ("import sys; import sdwidgets as s; s.Session; s.GenerationParams; s.Control; s.Run; s.ExperimentLog; "
+            "print('torch' in sys.modules, 'diffusers' in sys.modules, 'controlnet_aux' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[1:] == ["False", "False"]
-    assert float(out[0]) < 0.5
+    assert out == ["False", "False", "False"]
 
 
 def test_same_seed_same_pixels_and_other_seed_differs(session):

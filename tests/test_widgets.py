@@ -362,7 +362,7 @@ def test_prompt_builder_composes_the_prompt_and_logs_its_template(dash, session)
     dash.prompt.prompt.value = "typed by hand"              # no longer the builder's prompt: no template
     run_once(dash)
     assert pd.isna(session.log.df["prompt_template"].iloc[-1])
-    assert isinstance(PromptBuilder().composed(), tuple)
+    assert PromptBuilder().composed() == ("", "", {})   # an untouched builder composes nothing
 
 
 # ---- explainer --------------------------------------------------------------------------------
