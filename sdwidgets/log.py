@@ -17,6 +17,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from .errors import ParamError
 from .images import data_url, file_sha256, image_sha256, stored_inputs
 from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
@@ -91,6 +92,21 @@ class ExperimentLog:
             known = ", ".join(dict.fromkeys(r["run_id"] for r in self._records[-5:])) or "none yet"
             raise KeyError(f"run_id {run_id!r} is not in the log {self.dir} (latest: {known})")
         return rows
+
+    def resolve(self, text: str) -> str:
+        """The run id meant by `text`: an exact id, `last`, or a unique prefix/suffix of one."""
+        ids = list(dict.fromkeys(r["run_id"] for r in self._records))
+        if not ids:
+            raise ParamError(f"the log {self.dir} is empty: generate something first")
+        if text == "last":
+            return ids[-1]
+        if text in ids:
+            return text
+        matches = [i for i in ids if i.startswith(text) or i.endswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+        hint = f"{len(matches)} runs match" if matches else "no such run"
+        raise ParamError(f"run id {text!r}: {hint}; latest: {', '.join(ids[-3:])} (or `last`)")
 
     def params(self, run_id: str) -> GenerationParams:
         """The exact parameters of a run (init/control images restored from inputs/)."""

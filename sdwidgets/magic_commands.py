@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import ParamError
+from .validate import parse_int
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,6 @@ def _assignments(name: str, args: list[str]) -> dict:
             raise ParamError(f"expected NAME=VALUE, got {arg!r}; usage: %sd {COMMANDS[name].usage}")
         out[key.strip()] = value
     return out
-
-
-def resolve_run_id(log, text: str) -> str:
-    """An exact run id, `last`, or a unique prefix/suffix of one."""
-    ids = list(dict.fromkeys(log.df["run_id"]))
-    if not ids:
-        raise ParamError(f"the log {log.dir} is empty: generate something with %%sd first")
-    if text == "last":
-        return ids[-1]
-    if text in ids:
-        return text
-    matches = [i for i in ids if i.startswith(text) or i.endswith(text)]
-    if len(matches) == 1:
-        return matches[0]
-    hint = f"{len(matches)} runs match" if matches else "no such run"
-    raise ParamError(f"run id {text!r}: {hint}; latest: {', '.join(ids[-3:])} (or `last`)")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -163,17 +148,19 @@ def cmd_config(magic, args):
     return None
 
 
-@command("log", "log [N]")
+@command("log", "log [N] [--all]")
 def cmd_log(magic, args):
-    """The last N rows of the experiment log (default 10) as a DataFrame, one row per image."""
+    """The last N rows of the experiment log (default 10; one per image): compact, or every column with --all."""
+    show_all = "--all" in args
+    args = [a for a in args if a != "--all"]
     _arity("log", args, 0, 1)
-    try:
-        n = int(args[0]) if args else 10
-    except ValueError:
-        raise ParamError(f"log: N must be an integer, got {args[0]!r}") from None
-    if n < 1:
-        raise ParamError(f"log: N must be >= 1, got {n}")
-    return magic.session.log.last(n)
+    n = parse_int(args[0], "log: N", 1) if args else 10
+    rows = magic.session.log.last(n)
+    if show_all:
+        return rows
+    from .logtable import LogTable
+
+    return LogTable(rows, magic.session.log.dir)
 
 
 def run_from_log(log, run_id: str):
@@ -192,7 +179,7 @@ def cmd_show(magic, args):
     """Show a logged run's images and caption (RUN_ID may be `last` or a unique prefix/suffix)."""
     _arity("show", args, 1, 1)
     log = magic.session.log
-    return run_from_log(log, resolve_run_id(log, args[0]))
+    return run_from_log(log, log.resolve(args[0]))
 
 
 @command("rerun", "rerun RUN_ID [NAME=VALUE ...]")
@@ -208,7 +195,7 @@ def cmd_rerun(magic, args):
 
     _arity("rerun", args, 1, None)
     log = magic.session.log
-    run_id = resolve_run_id(log, args[0])
+    run_id = log.resolve(args[0])
     record = log.records(run_id)[0]
     params = log.params(run_id)
     template = record.get("prompt_template")
@@ -245,7 +232,7 @@ def cmd_compare(magic, args):
     """Runs side by side with the parameters that differ highlighted."""
     _arity("compare", args, 2, None)
     log = magic.session.log
-    return log.compare([resolve_run_id(log, a) for a in args])
+    return log.compare([log.resolve(a) for a in args])
 
 
 @command("loras", "loras")

@@ -17,7 +17,7 @@ from IPython.utils.text import FullEvalFormatter
 
 from .errors import ParamError
 from .sweep import parse_size
-from .validate import parse_int, parse_number
+from .validate import did_you_mean, parse_int, parse_number
 
 # ---- what a %%sd cell will run ----------------------------------------------------------------
 
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lora", action="append", default=[], metavar="NAME[:STRENGTH]", help="use a LoRA (repeatable)")
     add("--control", action="append", default=[], metavar="KIND:IMAGE[:SCALE]",
         help="ControlNet condition; IMAGE is a path or a variable name (repeatable)")
-    add("--init", metavar="IMAGE", help="init image (image-to-image): a path or a variable name")
+    add("--init", metavar="IMAGE", help="init image (image-to-image): a path, a variable (image or Run), "
+        "`last` or a run id")
     add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
     add("-o", "--out", type=_typed(_identifier, "a Python identifier"),
         help="store the Run (a sweep: its list of runs) under this name")
@@ -208,20 +209,42 @@ def parse_line(line: str, namespace: dict) -> argparse.Namespace:
     args, extra = PARSER.parse_known_args(words)
     if extra:
         unknown = next((w for w in extra if w.startswith("-")), extra[0])
-        what = "unknown option" if unknown.startswith("-") else "unexpected word"
-        raise ParamError(f"{what} {unknown!r} (the prompt goes in the cell body); options: {', '.join(OPTIONS)}")
+        if unknown.startswith("-"):
+            option = unknown.split("=", 1)[0]
+            raise ParamError(f"unknown option {option!r}; {did_you_mean(option, OPTIONS)}")
+        raise ParamError(f"unexpected word {unknown!r} (the prompt goes in the cell body); options: {', '.join(OPTIONS)}")
     return args
 
 
-def _image_ref(text: str, namespace: dict, option: str):
-    """A variable name from the notebook (PIL image or array), else a path."""
+def _image_ref(text: str, namespace: dict, option: str, log=None):
+    """The image `text` names: a notebook variable (a PIL image, an array, or a Run such as one
+    kept with --out: its first image), an image file, or a logged run (`last`, a run id or a
+    unique part of one: its first image)."""
     from pathlib import Path
 
     if text.isidentifier() and text in namespace:
-        return namespace[text]
-    if text.isidentifier() and not Path(text).exists():
-        raise ParamError(f"{option}: {text!r} is neither a variable in the notebook nor an image file")
-    return text
+        value = namespace[text]
+        if hasattr(value, "images") and hasattr(value, "run_id"):      # a Run
+            if not value.images:
+                raise ParamError(f"{option}: the run in {text!r} has no image")
+            return value.images[0]
+        return value
+    if Path(text).expanduser().exists():
+        return text
+    if log is not None and len(log):
+        try:
+            run_id = log.resolve(text)
+        except ParamError:
+            pass
+        else:
+            images = log.images(run_id)
+            if not images:
+                raise ParamError(f"{option}: run {run_id} has no image in the log")
+            return images[0]
+    if text.isidentifier():
+        raise ParamError(f"{option}: {text!r} is neither a variable in the notebook, an image file, "
+                         "nor a run in the log (`last`, a run id)")
+    return text    # a path: load_image says if there is no such file
 
 
 def parse_lora(text: str) -> tuple[str, float]:
@@ -234,7 +257,7 @@ def parse_lora(text: str) -> tuple[str, float]:
         raise ParamError(f"--lora: expected NAME[:STRENGTH] with a number, got {text!r}") from None
 
 
-def parse_control(text: str, namespace: dict):
+def parse_control(text: str, namespace: dict, log=None):
     from .controlnet import PREPROCESSORS, Control
 
     kind, sep, rest = text.partition(":")
@@ -252,7 +275,7 @@ def parse_control(text: str, namespace: dict):
             scale = float(scale_text)
         except ValueError:     # no scale; the ':' belongs to the path
             image = rest
-    return Control(kind, _image_ref(image, namespace, "--control"), scale=scale)
+    return Control(kind, _image_ref(image, namespace, "--control", log), scale=scale)
 
 
 # ---- a pasted A1111 parameters line ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from .errors import ParamError, SDWidgetsError
 from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
                           pasted_settings, template_fields)
 from .sweep import SweepResult, cells, parse_axes, parse_size
+from .validate import close_matches
 
 # ---- the magic ----------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class SDMagic(Magics):
         if n_runs > self.max_runs:
             raise ParamError(f"--sweep: {n_runs} runs is more than SDMagic.max_runs={self.max_runs} "
                              "(raise it with %config SDMagic.max_runs = N)")
-        explicit = self._explicit(args, ns)
+        explicit = self._explicit(args, ns, self.session.log)
         defaults = self._defaults()
         plan = Plan([], [], [], axes, out=args.out, preview=args.preview and self.preview,
                     every=args.every or self.preview_every)
@@ -153,7 +154,7 @@ class SDMagic(Magics):
         return {k: v for k, v in out.items() if v is not None}
 
     @staticmethod
-    def _explicit(args, ns) -> dict:
+    def _explicit(args, ns, log=None) -> dict:
         out = {"seed": args.seed, "steps": args.steps, "guidance_scale": args.cfg, "scheduler": args.sampler,
                "num_images": args.num_images, "model": args.model, "negative_prompt": args.negative,
                "strength": args.strength}
@@ -162,9 +163,9 @@ class SDMagic(Magics):
         if args.lora:
             out["loras"] = dict(parse_lora(t) for t in args.lora)
         if args.control:
-            out["controls"] = [parse_control(t, ns) for t in args.control]
+            out["controls"] = [parse_control(t, ns, log) for t in args.control]
         if args.init:
-            out["init_image"] = _image_ref(args.init, ns, "--init")
+            out["init_image"] = _image_ref(args.init, ns, "--init", log)
         return {k: v for k, v in out.items() if v is not None}
 
     def _check_resources(self, params: list) -> None:
@@ -177,8 +178,9 @@ class SDMagic(Magics):
                 known = session.loras(model)
                 unknown = sorted(wanted - set(known))
                 if unknown:
-                    raise ParamError(f"--lora: unknown LoRA {unknown[0]!r}; known: {', '.join(known) or 'none'} "
-                                     "(add one with %sd lora load PATH [NAME])")
+                    near = close_matches(unknown[0], known)
+                    hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(known) or 'none'}"
+                    raise ParamError(f"--lora: unknown LoRA {unknown[0]!r}; {hint} (add one with %sd lora load PATH [NAME])")
 
     def execute(self, plan: Plan):
         """Run the plan with a live preview and progress; display and return the Run (or SweepResult)."""

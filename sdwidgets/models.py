@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import ModelNotFoundError, UnsafeModelError
 from .images import file_sha256
+from .validate import close_matches
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = "shapes"
@@ -70,6 +71,9 @@ def resolve(spec: str | Path | None, *, allow_unsafe: bool = False) -> ModelRef:
         return ModelRef("single_file", str(path.resolve()), path.stem)
     if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
         return ModelRef("hub", text, text.split("/")[-1])
+    near = close_matches(text, BUILTIN_MODELS)
+    if near:
+        raise ModelNotFoundError(f"model: {text!r} is not a builtin alias; did you mean {near[0]!r}?")
     raise ModelNotFoundError(
         f"model: {text!r} is not a builtin alias ({', '.join(BUILTIN_MODELS)}), an existing diffusers folder, "
         "a .safetensors file or a hub id like 'stabilityai/sd-turbo'")

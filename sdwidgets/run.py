@@ -42,24 +42,41 @@ class Run:
     def grid(self, cols: int | None = None):
         return grid(self.images, cols=cols)
 
+    def shaped_by(self) -> list[str]:
+        """What besides the prompt shaped the images, briefly: negative prompt, LoRAs, controls, img2img."""
+        p = self.params
+        parts = [f"negative: {shorten(p.negative_prompt, 40)}"] if p.negative_prompt else []
+        parts += [f"LoRA {name} {strength:g}" for name, strength in p.loras]
+        parts += [f"{c.kind} control {c.scale:g}" for c in p.controls]
+        if p.init_image is not None:
+            parts.append(f"img2img strength {p.strength:g}")
+        return parts
+
     def caption(self) -> str:
         p = self.params
         state = "" if self.status == "ok" else f" · {self.status.upper()}"
-        return (f"{self.run_id} · seed {p.seed} · {self.sampler} · {p.steps} steps · CFG {p.guidance_scale:g}"
-                f" · {self.duration_s:.2f}s{state}")
+        return " · ".join([f"{self.run_id} · seed {p.seed} · {self.sampler} · {p.steps} steps · CFG {p.guidance_scale:g}"
+                           f" · {self.duration_s:.2f}s{state}", *self.shaped_by()])
 
     def _repr_html_(self) -> str:
-        shown = self.images or self.frames[-1:]
+        if self.images:
+            shown, label = self.images, "seed {}"
+        else:      # stopped before an image: its last preview, said to be one
+            shown, label = self.frames[-1:], "last preview (step {}), not a result".format(self.steps[-1] if self.steps else 0) + " · seed {}"
         size = 256 if shown and max(shown[0].size) < 256 else 0
         cells = "".join(
             f'<figure style="margin:4px;display:inline-block;text-align:center">'
             f'<img src="{data_url(im, size)}" style="image-rendering:pixelated" title="seed {s}"/>'
-            f'<figcaption style="font-size:11px">seed {s}</figcaption></figure>'
+            f'<figcaption style="font-size:11px">{html.escape(label.format(s))}</figcaption></figure>'
             for im, s in zip(shown, self.seeds))
         error = f'<div style="color:#b00">{html.escape(self.error)}</div>' if self.error else ""
+        p = self.params
+        full = [f"prompt: {p.prompt}"] + ([f"negative prompt: {p.negative_prompt}"] if p.negative_prompt else [])
+        details = "".join(f"<div>{html.escape(line)}</div>" for line in full)
         return (f'<div class="sdw-run"><div>{cells}</div>'
                 f'<div style="font-family:monospace;font-size:12px">{html.escape(self.caption())}</div>'
-                f'<div style="font-size:12px">{html.escape(shorten(self.params.prompt))}</div>{error}</div>')
+                f'<details style="font-size:12px"><summary>{html.escape(shorten(p.prompt))}</summary>{details}</details>'
+                f'{error}</div>')
 
     def __repr__(self) -> str:
         return f"Run({self.caption()}, {len(self.images)} image(s), {len(self.frames)} frames)"

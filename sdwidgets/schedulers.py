@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 from .errors import ParamError
+from .validate import did_you_mean
 
 # name -> (diffusers class, config overrides)
 SAMPLERS: dict[str, tuple[str, dict]] = {
@@ -55,7 +56,7 @@ def check_sampler(name) -> str:
     """The canonical sampler name, or ParamError listing the valid ones (case-insensitive)."""
     if isinstance(name, str) and name.strip().lower() in _BY_LOWER:
         return _BY_LOWER[name.strip().lower()]
-    raise ParamError(f"scheduler: unknown sampler {name!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+    raise ParamError(f"scheduler: unknown sampler {name!r}; {did_you_mean(name, SAMPLER_NAMES)}")
 
 
 def _is_flow(cls_name: str) -> bool:

@@ -24,6 +24,7 @@ from .params import GenerationParams
 from .preview import StepRecorder, factors_for
 from .run import Run
 from .schedulers import make_scheduler, sampler_name
+from .validate import close_matches
 
 DEFAULT_LOG_DIR = "sd-runs"
 
@@ -237,8 +238,9 @@ class Session:
         known = self._known_loras(ref) if params.loras else {}
         for name, _ in params.loras:
             if name not in known:
-                raise ParamError(f"loras: unknown LoRA {name!r}; known: {', '.join(known) or 'none'} "
-                                 "(add one with session.load_lora(path, name))")
+                near = close_matches(name, known)
+                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(known) or 'none'}"
+                raise ParamError(f"loras: unknown LoRA {name!r}; {hint} (add one with session.load_lora(path, name))")
 
     def _check_controls(self, ref: ModelRef, params: GenerationParams) -> None:
         if ref.kind != "builtin":

@@ -57,6 +57,28 @@ def parse_number(text: Any, name: str, lo: float | None = None, hi: float | None
     return check_number(name, value, lo, hi)
 
 
+def close_matches(word: Any, choices, n: int = 3) -> list[str]:
+    """The valid spellings closest to a mistyped `word` (case-insensitive), best first: near
+    misspellings, and valid names that start the word (`--cfg-scale` -> `--cfg`)."""
+    import difflib
+
+    if not isinstance(word, str) or not word.strip():
+        return []
+    typed = word.strip().lower()
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    near = difflib.get_close_matches(typed, list(by_lower), n=n, cutoff=0.75)
+    starts = [c for c in by_lower if len(c.strip("-")) >= 3 and typed.startswith(c) and c not in near]
+    return [by_lower[c] for c in near + sorted(starts, key=len, reverse=True)][:n]
+
+
+def did_you_mean(word: Any, choices, everything: str | None = None) -> str:
+    """'did you mean 'Euler'?' for a near miss, else the accepted values (`everything`, or all of them)."""
+    matches = close_matches(word, choices)
+    if matches:
+        return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
+    return "choose one of: " + (everything if everything is not None else ", ".join(map(str, choices)))
+
+
 def load_image(value: Any, field_name: str):
     """A PIL RGB image from a PIL image, numpy array or path; ParamError if unreadable."""
     from PIL import Image, UnidentifiedImageError

@@ -251,6 +251,23 @@ def test_init_image_and_strength(ip, session):
     assert row.strength == 0.5 and row.init_image_sha256 and "Img2Img" in row.pipeline
 
 
+def test_init_from_the_last_run_a_run_id_or_a_kept_run(ip, session):
+    from sdwidgets.images import image_sha256
+
+    sd(ip, "--steps 3 --seed 7 --out first")
+    first = ip.user_ns["first"]
+    sd(ip, "--steps 3 --seed 8")
+    second = session.log.df.iloc[-1]
+    sd(ip, "--init last --strength 0.5 --steps 4 --seed 1")          # the run just before
+    assert session.log.df.iloc[-1].init_image_sha256 == image_sha256(session.log.images(second.run_id)[0])
+    sd(ip, f"--init {first.run_id[-6:]} --strength 0.5 --steps 4 --seed 1")   # a unique part of a run id
+    sd(ip, "--init first --strength 0.5 --steps 4 --seed 1")         # the Run kept with --out
+    rows = session.log.df.iloc[-2:]
+    assert list(rows.init_image_sha256) == [image_sha256(first.image)] * 2
+    with pytest.raises(UsageError, match="--init: 'nothing_here' is neither a variable"):
+        ip.run_cell_magic("sd", "--init nothing_here --steps 2", PROMPT)
+
+
 # ---- live preview and interrupts --------------------------------------------------------------
 
 
@@ -320,17 +337,22 @@ def test_sd_interrupt_stops_the_run_and_the_rest_of_the_sweep(ip, session):
 
 
 USAGE_ERRORS = [
-    ("--bogus 3", PROMPT, "unknown option '--bogus'.*--steps"),
+    ("--bogus 3", PROMPT, "unknown option '--bogus'; choose one of: .*--steps"),
+    ("--cfg-scale 7", PROMPT, "unknown option '--cfg-scale'; did you mean '--cfg'\\?"),
     ("--steps zero", PROMPT, "--steps: expected a positive integer, got 'zero'"),
     ("--steps 0", PROMPT, "--steps: expected a positive integer"),
     ("--size 500x500", PROMPT, "--size: width and height must be multiples of 8.*try 496x496 or 504x504"),
-    ('--sampler "Euler b"', PROMPT, "--sampler: unknown sampler 'Euler b'; choose one of: Euler, Euler a"),
+    ('--sampler "Euler b"', PROMPT, "--sampler: unknown sampler 'Euler b'; did you mean 'Euler a' or 'Euler'\\?"),
+    ('--sampler "Eulr"', PROMPT, "--sampler: unknown sampler 'Eulr'; did you mean 'Euler'\\?"),
+    ('--sampler "Nope"', PROMPT, "--sampler: unknown sampler 'Nope'; choose one of: Euler, Euler a"),
     ("", "a {nope} circle", "'nope', not defined in the notebook"),
     ("--seed {missing}", PROMPT, "'missing', not defined"),
     ("--sweep foo=1,2", PROMPT, "unknown parameter 'foo'; sweepable: seed, steps, cfg"),
     ("--sweep steps=2,0", PROMPT, "steps must be >= 1"),
     ("--sweep seed=1..x", PROMPT, "seed range end must be an integer"),
     ("--lora nobody:0.5", PROMPT, "unknown LoRA 'nobody'"),
+    ("--lora rign:0.5", PROMPT, "unknown LoRA 'rign'; did you mean 'ring'\\?"),
+    ("--model shapez", PROMPT, "model: 'shapez' is not a builtin alias; did you mean 'shapes'\\?"),
     ("--control sketch:img", PROMPT, "unknown kind 'sketch'"),
     ("--init nothing_here", PROMPT, "--init: 'nothing_here' is neither a variable"),
     ("--strength 0.5", PROMPT, "strength only applies with init_image"),
@@ -403,12 +425,29 @@ def test_config_shows_and_sets_magic_settings_and_session_options(ip, session):
     assert magic.sampler == "DDIM" and magic.size == "64x64"
 
 
+def test_log_is_compact_by_default_and_whole_with_all(ip, session):
+    from sdwidgets.log import COLUMNS
+
+    sd(ip, '--steps 2 --seed 4 --cfg 3 --lora ring:0.5 --sampler "Euler a"', "a <b>red</b> circle")
+    run_id = session.log.df["run_id"].iloc[-1]
+    compact = ip.run_line_magic("sd", "log")
+    assert compact.rows() == [{"id": run_id[-8:], "prompt": "a <b>red</b> circle", "seed": "4", "sampler": "Euler a",
+                               "steps": "2", "CFG": "3", "LoRAs": "ring:0.5",
+                               "time": f"{session.log.df['duration_s'].iloc[-1]:.2f} s"}]
+    page = compact._repr_html_()
+    assert "<th>sampler</th>" in page and "data:image/png;base64," in page     # a thumbnail per row
+    assert "&lt;b&gt;red&lt;/b&gt;" in page and "<b>red</b>" not in page       # text is escaped
+    assert run_id not in page and run_id[-8:] in page                            # short ids don't wrap the table
+    everything = ip.run_line_magic("sd", "log 1 --all")
+    assert list(everything.columns) == COLUMNS and everything["run_id"].iloc[0] == run_id
+
+
 def test_log_show_rerun_compare(ip, session):
     sd(ip, "--steps 2 --seed 4 --cfg 3")
     sd(ip, "--steps 2 --seed 4 --cfg 6")
     first, second = session.log.df["run_id"].unique()
     table = ip.run_line_magic("sd", "log 1")
-    assert list(table["run_id"]) == [second] and len(ip.run_line_magic("sd", "log")) == 2
+    assert list(table.df["run_id"]) == [second] and len(ip.run_line_magic("sd", "log")) == 2
     shown = ip.run_line_magic("sd", f"show {first}")
     assert shown.run_id == first and np.array_equal(pixels(shown.image), pixels(session.log.images(first)[0]))
     assert ip.run_line_magic("sd", "show last").run_id == second
