@@ -187,7 +187,9 @@ class SDMagic(Magics):
         for note in plan.notes:
             print(note)
         session = self.session
-        view = LiveView(self, sum(p.steps * p.num_images for p in plan.params), len(plan.params), plan.preview)
+        loading = not session.is_loaded(plan.params[0].model)
+        view = LiveView(self, sum(p.steps * p.num_images for p in plan.params), len(plan.params), plan.preview,
+                        loading=loading)
         runs = []
         with _own_progress_bar(session, self.progress):
             try:
@@ -257,13 +259,15 @@ class LiveView:
     one after another); its total follows the scheduler's real step count once a run starts.
     """
 
-    def __init__(self, magic: SDMagic, total_steps: int, total_runs: int, preview: bool):
+    def __init__(self, magic: SDMagic, total_steps: int, total_runs: int, preview: bool, loading: bool = False):
         from IPython.core.displaypub import DisplayPublisher
 
         self.interval, self.size, self.total_runs = magic.preview_interval, magic.preview_size, total_runs
         # the plain terminal publisher can only print: previews there would be noise
         live = preview and type(magic.shell.display_pub) is not DisplayPublisher
-        self.handle = display(_Frame(None, "starting…", self.size), display_id=True) if live else None
+        first = "loading model (first run)…" if loading else "starting…"
+        self.handle = display(_Frame(None, first, self.size), display_id=True) if live else None
+        self.started = False      # the bar's clock starts at the first step: its ETA leaves out loading
         self.bar = None
         if magic.progress:
             from tqdm.auto import tqdm
@@ -289,6 +293,9 @@ class LiveView:
 
     def on_step(self, recorder) -> None:
         """Called by the Session after each recorded step (on the generating thread)."""
+        if not self.started and self.bar is not None:
+            self.started = True
+            self.bar.reset(total=self.bar.total)
         if recorder.image_index != self.image:
             self.image, self.count = recorder.image_index, 0
         self.count += 1

@@ -102,7 +102,8 @@ class Session:
     def _load(self, ref: ModelRef) -> LoadedModel:
         if ref.key in self._models:
             return self._models[ref.key]
-        pipe = load_pipeline(ref, torch_dtype=self.dtype, safety_checker=self.options.safety_checker)
+        with quiet_loading():      # the caller says "loading model…"; the libraries' bars would stay behind
+            pipe = load_pipeline(ref, torch_dtype=self.dtype, safety_checker=self.options.safety_checker)
         self.loads += 1
         pipe.set_progress_bar_config(disable=not self.options.progress, leave=False)
         if self.options.cpu_offload is None:
@@ -127,6 +128,14 @@ class Session:
     def native_size(self, model: str | None = None) -> tuple[int, int]:
         """(width, height) the model was trained at (loads it on first use)."""
         return self._load(self.resolve(model)).native_size
+
+    def is_loaded(self, model: str | None = None) -> bool:
+        """Whether `model` (None: the default) is loaded, i.e. its next run starts without loading
+        (False for a name that resolves to no model: its run will say why)."""
+        try:
+            return self.resolve(model).key in self._models
+        except ParamError:
+            return False
 
     @property
     def loaded_models(self) -> list[str]:
@@ -410,6 +419,24 @@ def quiet_diffusers():
         yield
     finally:
         dlog.set_verbosity(level)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No per-component loading bars from diffusers and transformers while a model loads."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    shown = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            dlog.enable_progress_bar()
+        if shown[1]:
+            tlog.enable_progress_bar()
 
 
 def new_run_id() -> str:

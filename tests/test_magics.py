@@ -284,6 +284,18 @@ def test_preview_updates_in_place_every_k_steps_and_is_throttled(ip, session):
     assert len([o for o in shown.outputs if o.update]) == 2          # the first preview, then the Run
 
 
+def test_the_first_run_says_it_loads_the_model_and_leaves_no_loading_bars(ip, session):
+    session.set_options(progress=True)
+    assert not session.is_loaded()
+    with capture_output() as first:
+        ip.run_cell_magic("sd", "--steps 2", PROMPT)
+    assert "loading model (first run)" in html_of(first.outputs[0])
+    assert "Loading pipeline components" not in first.stderr and "Loading weights" not in first.stderr
+    with capture_output() as second:
+        ip.run_cell_magic("sd", "--steps 2", PROMPT)
+    assert "loading model" not in html_of(second.outputs[0]) and "starting" in html_of(second.outputs[0])
+
+
 def test_no_preview_shows_only_the_result(ip, session):
     shown = sd(ip, "--steps 2 --no-preview")
     assert len(shown.outputs) == 1 and "sdw-run" in html_of(shown.outputs[0])

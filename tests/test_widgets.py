@@ -170,6 +170,17 @@ def test_stop_interrupts_the_run(dash, session):
     assert run_once(dash).status == "ok"      # the next run is unaffected
 
 
+def test_the_first_run_says_it_loads_the_model(dash, session):
+    assert dash.generate()
+    said = dash.prompt.status.value, dash.live.rate.value       # set before the worker starts
+    assert dash.wait(60) and dash.last_error is None
+    assert all("loading model (first run)" in text for text in said), said
+    assert dash.generate()
+    said = dash.prompt.status.value, dash.live.rate.value
+    assert dash.wait(60)
+    assert "running" in said[0] and "loading" not in said[1], said
+
+
 def test_errors_are_a_short_message_and_the_dashboard_stays_usable(dash, session):
     dash.prompt.seed.value = -1               # rejected before any thread starts
     dash.prompt.generate.click()

@@ -99,8 +99,9 @@ class Dashboard(Panel):
             self.runs_started += 1
             self.last_error = None
             self.prompt.set_running(True)
-            self.prompt.show("running…")
-            self.live.start(params.steps, params.num_images)
+            loading = not self.session.is_loaded(params.model)
+            self.prompt.show("loading model (first run)…" if loading else "running…")
+            self.live.start(params.steps, params.num_images, loading=loading)
             tags = {"source": "dashboard", **(tags if tags is not None else self._template_tags(params))}
             self._thread = threading.Thread(target=self._work, args=(params, tags), name="sdwidgets-dashboard",
                                             daemon=True)

@@ -41,8 +41,9 @@ class LivePreview(Panel):
         self._last_sent = float("-inf")
         self.root = W.VBox([self.image, self.progress, self.rate, self.exact, self.gallery])
 
-    def start(self, total_steps: int, num_images: int = 1) -> None:
-        """A run begins: reset the bar (called on the main thread before the run starts)."""
+    def start(self, total_steps: int, num_images: int = 1, loading: bool = False) -> None:
+        """A run begins: reset the bar (called on the main thread before the run starts).
+        `loading`: the model loads first, which the status line says (it takes seconds)."""
         with self._lock:
             self._t0 = time.perf_counter()
             self._last_sent = float("-inf")
@@ -52,7 +53,7 @@ class LivePreview(Panel):
         with hold(self.progress, self.rate):
             self.progress.max, self.progress.value = max(1, total_steps * self._num_images), 0
             self.progress.bar_style = "info"
-            self.rate.value = message(f"0/{total_steps} steps")
+            self.rate.value = message("loading model (first run)…" if loading else f"0/{total_steps} steps")
 
     def on_step(self, recorder) -> None:
         """StepRecorder listener (generating thread). A display problem never stops the run."""
@@ -68,6 +69,8 @@ class LivePreview(Panel):
         total, index = recorder.total_steps, getattr(recorder, "image_index", 0)
         with self._lock:
             self.steps_seen += 1
+            if self.steps_seen == 1:    # steps/s from the first step on: loading time is not denoising
+                self._t0 = now - (recorder.step_times[-1] if recorder.step_times else 0.0)
             # recorder.steps lists the first image's steps; later images record the same ones
             self._count = self._count + 1 if index == self._index else 1
             self._index = index
