@@ -7,16 +7,18 @@ from .architecture import TEXT_DIM, UNET_CHANNELS, vae_config
 from .evaluate import verdicts
 from .noise import BASE_NOISE, RESTART2_NOISE, RESTART_NOISE
 from . import workspace as ws
-from .workspace import ASSET, N_TRAIN, WORK, recorded
+from .workspace import DEFAULT_BUDGETS, Budgets, asset_dir, recorded, work_dir
 
 
-def write_model_card() -> None:
-    res = json.loads((WORK / "eval.json").read_text()) if (WORK / "eval.json").exists() else {}
-    (ASSET / "README.md").write_text(render_card(recorded(), res, verdicts(res) if res else []))
+def write_model_card(budgets: Budgets = DEFAULT_BUDGETS) -> None:
+    scores = work_dir() / "eval.json"
+    res = json.loads(scores.read_text()) if scores.exists() else {}
+    (asset_dir() / "README.md").write_text(render_card(recorded(), res, verdicts(res) if res else [], budgets))
 
 
-def render_card(rec: dict, res: dict, rows: list) -> str:
-    """The model card (assets/shapes/README.md), filled with the recorded numbers."""
+def render_card(rec: dict, res: dict, rows: list, budgets: Budgets = DEFAULT_BUDGETS) -> str:
+    """The model card (assets/shapes/README.md), filled with the recorded numbers and the
+    recipe's ``budgets`` (the training set's size, the default training time)."""
     vae, base, cn, lora = rec.get("vae", {}), rec.get("base", {}), rec.get("controlnet", {}), rec.get("lora", {})
     restart, polish, adapt = rec.get("restart", {}), rec.get("polish", {}), rec.get("adapt", {})
     probe = rec.get("vae_probe", {})
@@ -86,7 +88,7 @@ with `torch_dtype=torch.float32` on CPU.
 exists) on a 2-core CPU, torch 2 threads, no GPU. The shipped weights also ran the stage `polish`
 after `restart`. Budgets are wall-clock, so the number of steps depends on the machine's load
 (the CPU was shared with other work during parts of this run).
-{_budget_line(rec)}
+{_budget_line(rec, budgets)}
 {_from_scratch(rec.get("from_scratch"))}
 
 1. **VAE** on a broader world than the captions: the captioned world with rings, plus stripes,
@@ -106,7 +108,7 @@ after `restart`. Budgets are wall-clock, so the number of steps depends on the m
    on rings alone {g(vae, "ring_pixel_accuracy", "{:.2%}")}; on the broad world (stripes, thin lines,
    several shapes) {g(vae, "broad_pixel_accuracy", "{:.2%}")}; on the two mixed {g(vae, "pixel_accuracy", "{:.2%}")}.
    Almost all errors are within a pixel of an edge.
-2. **Text encoder + UNet**, jointly, on {N_TRAIN:,} pre-encoded images (latent = mean x scaling
+2. **Text encoder + UNet**, jointly, on {budgets.n_train:,} pre-encoded images (latent = mean x scaling
    factor) whose captions are re-drawn (parts dropped anew) every time an image is seen.
    AdamW 6e-4, warmup 300, cosine, batch {g(base, "batch")}, min-SNR(5) weighting, EMA 0.998;
    the recipe changed while it ran, each change continuing from the last checkpoint: steps 0-2,510
@@ -174,10 +176,10 @@ def _shortfalls(rows: list, vae: dict) -> str:
             "`SDW_RESTART_S`, `SDW_RESTART2_S`, `SDW_SHARPEN_S`, `SDW_SHARPEN2_S`, `SDW_POLISH_S`, `SDW_VAE_S`, `SDW_CONTROLNET_S`, `SDW_LORA_S`, seconds) should help.\n")
 
 
-def _budget_line(rec: dict) -> str:
+def _budget_line(rec: dict, budgets: Budgets) -> str:
     """The recipe's default training time next to what the shipped weights actually had. (The
     VAE's budget includes the chosen factor's probe, which it continues; the other probe is extra.)"""
-    default = ws.recipe_training_s()
+    default = ws.recipe_training_s(budgets)
     vae = rec.get("vae", {})
     spent = [rec.get("vae_probe", {}).get("probe_s", 0), vae.get("train_s", 0),
              vae.get("decoder_polish", {}).get("train_s", 0)]
