@@ -189,7 +189,7 @@ def _continue_base(name: str, seconds: float, lr: float, warmup: int, n_train: i
 
 def stage_restart(budgets: Budgets = DEFAULT_BUDGETS) -> None:
     """A warm restart of the base: continue from its EMA weights with a fresh optimiser and a new
-    cosine schedule at half the first peak rate. On a GPU study (study/recipe_study.py) the
+    cosine schedule at half the first peak rate. On a GPU study (docs/archive/study/recipe_study.py) the
     7,840-step base, which ignored position words (x0 moved 0.014 by left/right), learnt them
     within 2,000 restarted steps (position 36% -> 99% on 200 prompts)."""
     _continue_base("restart", budgets.restart_s, RESTART_LR, 100, budgets.n_train, budgets.probe_n, **RESTART_NOISE)
@@ -204,7 +204,7 @@ def stage_restart2(budgets: Budgets = DEFAULT_BUDGETS) -> None:
     """A second warm restart at the restart's rate, with :data:`.noise.RESTART2_NOISE` (the position
     share kept, the SNR floor back to 0.3 so that shape suffers less). On the CPU, with the default
     budgets, the first restart left position words half learnt (60%, still rising) and a second
-    one of 900 s took them to 99% at the same shape (study/README.md, continue_pilot.py). Its
+    one of 900 s took them to 99% at the same shape (docs/archive/study/README.md, continue_pilot.py). Its
     default is 720 s, and the base's 1,350 s (was 2,000) keep `all` within 2 hours with `sharpen`.
     Skipped when the first restart's position probe reached :data:`POSITION_LEARNT`: sharpen then
     gets its time."""
@@ -222,7 +222,7 @@ def stage_sharpen(budgets: Budgets = DEFAULT_BUDGETS) -> None:
     (76-78.5% after the first restart whatever its noise; squares come out with round corners).
     Once position is learnt, the plain noise gives the quiet timesteps their share back: on the CPU,
     from the second restart's weights, shape went 77.1 -> 92.5% (squares 35 -> 83%), position
-    99 -> 96.5% in 900 s (study/README.md, continue_pilot.py ``base``; guidance 5, 200 prompts).
+    99 -> 96.5% in 900 s (docs/archive/study/README.md, continue_pilot.py ``base``; guidance 5, 200 prompts).
     A skipped restart2 adds its time; :func:`stage_sharpen2` follows."""
     _continue_base("sharpen", sharpen_seconds(budgets), RESTART_LR, 50, budgets.n_train, **BASE_NOISE)
 
@@ -231,7 +231,7 @@ def stage_sharpen2(budgets: Budgets = DEFAULT_BUDGETS) -> None:
     """Sharpen again from its EMA weights with a fresh schedule: a single 1,470-s sharpen stopped at
     shape 86.2% (squares 36 of 67, their median box fill 0.902 against the analyser's 0.9), and
     360 s more as a second restart took those weights to 90.4% (squares 47;
-    study/outline_sharpen_pilot.py, plain arm). Its 360 s come out of sharpen's 750; the first
+    docs/archive/study/outline_sharpen_pilot.py, plain arm). Its 360 s come out of sharpen's 750; the first
     one-piece run with it (1,110 + 360 s) scored shape 90.8%, squares 45 of 67."""
     _continue_base("sharpen2", budgets.sharpen2_s, RESTART_LR, 50, budgets.n_train, **BASE_NOISE)
 
