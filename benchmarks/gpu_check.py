@@ -58,7 +58,7 @@ def main() -> int:
     from sdwidgets.training import world
     from sdwidgets.training.analyse import analyse, blob_mask, iou
     from sdwidgets.training.evaluate import control_cases
-    from sdwidgets.training.shapes import RING_LR, RING_RANK, ring_training_set
+    from sdwidgets.training.ring import RING_LR, RING_RANK, ring_training_set
 
     out = Path(args.out or tempfile.mkdtemp())
     res: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}

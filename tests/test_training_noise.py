@@ -75,8 +75,8 @@ def test_base_loss_applies_its_blind_and_floor_keywords():
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from sdwidgets.training import world
-    from sdwidgets.training.shapes import base_loss
-    from sdwidgets.training.workspace import ASSET
+    from sdwidgets.training.losses import base_loss
+    from sdwidgets.training.workspace import DEFAULT_ASSET as ASSET
 
     tok = CLIPTokenizer.from_pretrained(ASSET / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(ASSET / "unet", torch_dtype=torch.float32)
@@ -99,7 +99,7 @@ def test_edge_weighted_loss_weighs_outline_pixels_and_nothing_else():
     import numpy as np
 
     from sdwidgets.training import world
-    from sdwidgets.training.shapes import edge_band, edge_weighted_loss
+    from sdwidgets.training.losses import edge_band, edge_weighted_loss
 
     sc = world.sample_scene(np.random.default_rng(3), force_full=True)
     x = world.to_tensor(world.render(sc)[None])
@@ -125,7 +125,7 @@ def test_palette_ce_punishes_a_blend_that_reads_as_another_colour():
     import numpy as np
 
     from sdwidgets.training import world
-    from sdwidgets.training.shapes import palette_ce
+    from sdwidgets.training.losses import palette_ce
 
     pal = torch.from_numpy(world.PALETTE_ARRAY.astype(np.float32) / 127.5 - 1)
     red, blue = pal[world.COLOURS.index("red")], pal[world.COLOURS.index("blue")]
@@ -143,7 +143,7 @@ def test_training_batch_position_share_carries_position_words():
     import numpy as np
 
     from sdwidgets.training import world
-    from sdwidgets.training.shapes import training_batch
+    from sdwidgets.training.losses import training_batch
 
     rng = np.random.default_rng(3)
     scenes = [world.sample_scene(rng) for _ in range(400)]

@@ -63,7 +63,7 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
 
     assert {k: rec["base"][k] for k in BASE_NOISE} == BASE_NOISE
     assert {k: rec["restart"][k] for k in RESTART_NOISE} == RESTART_NOISE
-    from sdwidgets.training.shapes import POSITION_LEARNT
+    from sdwidgets.training.denoiser import POSITION_LEARNT
 
     assert 0 <= rec["restart"]["position_probe"] <= 1
     if rec["restart"]["position_probe"] >= POSITION_LEARNT:  # 2 probe prompts: rarely, by chance
@@ -97,21 +97,22 @@ def test_recipe_resumes_instead_of_retraining(trained):
 
 
 def test_restart2_gives_its_time_to_sharpen_once_the_probe_says_position_is_learnt(tmp_path, monkeypatch):
-    from sdwidgets.training import shapes, workspace
+    from sdwidgets.training import denoiser, workspace
+    from sdwidgets.training.workspace import Budgets
 
-    for module in (shapes, workspace):
-        monkeypatch.setattr(module, "WORK", tmp_path)
-    monkeypatch.setattr(workspace, "TIMINGS", tmp_path / "timings.json")
+    monkeypatch.setenv("SDW_TRAIN_WORK", str(tmp_path))  # the working folder is read when used
+    budgets = Budgets(sharpen_s=5.0, restart2_s=7.0)  # not the defaults: the stages must use what they are given
     (tmp_path / "base").mkdir()
     restart = tmp_path / "base" / "restart.json"
-    restart.write_text(json.dumps({"position_probe": shapes.POSITION_LEARNT - 0.1}))
-    assert shapes.sharpen_seconds() == shapes.SHARPEN_S  # restart2 has not been skipped
+    restart.write_text(json.dumps({"position_probe": denoiser.POSITION_LEARNT - 0.1}))
+    assert denoiser.sharpen_seconds(budgets) == 5.0  # restart2 has not been skipped
 
-    restart.write_text(json.dumps({"position_probe": shapes.POSITION_LEARNT}))
-    shapes.stage_restart2()  # skips without loading or training anything
+    restart.write_text(json.dumps({"position_probe": denoiser.POSITION_LEARNT}))
+    denoiser.stage_restart2(budgets)  # skips without loading or training anything
     assert json.loads((tmp_path / "base" / "restart2.json").read_text())["skipped"]
-    assert workspace.recorded()["restart2"] == {"skipped": True, "position_probe_after_restart": shapes.POSITION_LEARNT}
-    assert shapes.sharpen_seconds() == shapes.SHARPEN_S + shapes.RESTART2_S
+    assert workspace.recorded()["restart2"] == {"skipped": True, "position_probe_after_restart": denoiser.POSITION_LEARNT}
+    assert denoiser.sharpen_seconds(budgets) == 5.0 + 7.0
+    assert denoiser.sharpen_seconds() == Budgets().sharpen_s + Budgets().restart2_s  # the defaults' sum
 
 
 def test_unknown_stage_is_named_with_the_choices(tmp_path):
@@ -141,8 +142,8 @@ def test_roundtrip_shape_accuracy_tells_the_shipped_vae_from_an_untrained_one():
     from diffusers import AutoencoderKL
 
     from sdwidgets.training.architecture import vae_config
-    from sdwidgets.training.shapes import roundtrip_shape_accuracy
-    from sdwidgets.training.workspace import ASSET
+    from sdwidgets.training.codec import roundtrip_shape_accuracy
+    from sdwidgets.training.workspace import DEFAULT_ASSET as ASSET
 
     shipped = AutoencoderKL.from_pretrained(ASSET / "vae", torch_dtype=torch.float32)
     assert roundtrip_shape_accuracy(shipped) >= 0.85  # 0.93 measured

@@ -3,7 +3,6 @@ issue 3's bars by reading colours and shapes off generated pixels (:mod:`.analys
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from . import world
-from .workspace import ASSET, WORK, load_asset_pipe, log
+from .workspace import DEFAULT_BUDGETS, Budgets, asset_dir, load_asset_pipe, log, work_dir
 
 def eval_prompts(n: int, seed: int = 2024) -> list[world.Scene]:
     """Prompts of the grammar that name colour, shape, background and a position (size: sometimes)."""
@@ -74,14 +73,15 @@ def default_guidance() -> float:
     return GenerationParams.guidance_scale  # the dataclass field's default
 
 
-def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, guidance: float | None = None) -> dict:
+def stage_evaluate(budgets: Budgets = DEFAULT_BUDGETS, *, n_prompts: int | None = None, n_small: int | None = None,
+                   guidance: float | None = None) -> dict:
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     from .analyse import analyse, blob_mask, iou
 
     guidance = default_guidance() if guidance is None else guidance
-    n_prompts = n_prompts or int(os.environ.get("SDW_EVAL_N", 240))
-    n_small = n_small or int(os.environ.get("SDW_EVAL_SMALL", 48))
+    n_prompts = n_prompts or budgets.eval_n
+    n_small = n_small or budgets.eval_small
     t0 = time.time()
     pipe = load_asset_pipe()
     res: dict = {"guidance_scale": guidance, "steps": 20, "scheduler": type(pipe.scheduler).__name__}
@@ -103,7 +103,7 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
     res["prompts"] = n_prompts
     res.update({k: round(float(np.mean(v)), 4) for k, v in hits.items()})
     res["size_n"] = len(hits["size"])
-    _grid(imgs[:48], WORK / "eval_grammar.png")
+    _grid(imgs[:48], work_dir() / "eval_grammar.png")
     log(f"grammar: {json.dumps({k: res[k] for k in hits})}")
 
     # 2. negative prompt
@@ -118,7 +118,7 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
     log(f"negative prompt: {res['neg_red_share']}")
 
     # 3. ControlNet
-    cn_dir = ASSET / "controlnet-canny"
+    cn_dir = asset_dir() / "controlnet-canny"
     if (cn_dir / "config.json").exists():
         from PIL import Image
 
@@ -135,13 +135,13 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
                         generator=[torch.Generator().manual_seed(5000 + i + j) for j in range(len(batch))]).images
             ious += [iou(blob_mask(im), world.shape_mask(sc)) for im, sc in zip(ims, batch)]
             if i == 0:
-                _grid([c.convert("RGB") for c in conds[:8]] + ims[:8], WORK / "eval_controlnet.png")
+                _grid([c.convert("RGB") for c in conds[:8]] + ims[:8], work_dir() / "eval_controlnet.png")
         res["controlnet_iou_median"] = round(float(np.median(ious)), 4)
         res["controlnet_iou_mean"] = round(float(np.mean(ious)), 4)
         log(f"controlnet IoU median {res['controlnet_iou_median']}")
 
     # 4. LoRA
-    ring = ASSET / "loras" / "ring.safetensors"
+    ring = asset_dir() / "loras" / "ring.safetensors"
     if ring.exists():
         pipe.load_lora_weights(str(ring), adapter_name="ring")
         lp = ring_prompts(n_small)
@@ -151,12 +151,12 @@ def stage_evaluate(n_prompts: int | None = None, n_small: int | None = None, gui
             ims = generate(pipe, lp, list(range(7000, 7000 + n_small)), guidance_scale=guidance)
             shares[str(w)] = round(float(np.mean([analyse(im).shape == "ring" for im in ims])), 4)
             if w == 1.0:
-                _grid(ims[:24], WORK / "eval_lora.png")
+                _grid(ims[:24], work_dir() / "eval_lora.png")
         res["lora_ring_share"] = shares
         log(f"lora ring share: {shares}")
         pipe.unload_lora_weights()
     res["eval_wall_s"] = round(time.time() - t0)
-    (WORK / "eval.json").write_text(json.dumps(res, indent=1))
+    (work_dir() / "eval.json").write_text(json.dumps(res, indent=1))
     print_table(res)
     return res
 

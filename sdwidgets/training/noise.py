@@ -18,12 +18,12 @@ BLIND_FROM = 900  # base_loss's default (see blind_top); the shipped weights pre
 # weights predate both. Shape first, then position. The base is plain: white noise, uniform
 # timesteps, no SNR floor (only the top timesteps blind), which on the 2-core CPU reached shape 81%
 # in 2,502 steps where the position-first noise (floor 0.3, pyramid 0.9, 70% of t >= 500) left
-# 46.7% after base and restart (study/shape_first_pilot.py). The restart then weighs the blind top
+# 46.7% after base and restart (docs/archive/study/shape_first_pilot.py). The restart then weighs the blind top
 # timesteps six times more (floor 0.3 instead of 0.05): on a GPU every run with it learnt position
-# words within 1,800 steps and 5 of 6 without it stayed at 24-40% (study/position_study.py); on the
+# words within 1,800 steps and 5 of 6 without it stayed at 24-40% (docs/archive/study/position_study.py); on the
 # CPU after the plain base it took position 23% -> 60% (x0 left/right 0.009 -> 0.24), shape 81% -> 78.5%.
 # Once position is learnt, the last restarts (stages sharpen, sharpen2) train with BASE_NOISE again: without
-# the floor, squares get their corners back (shape 77 -> 92.5%, position 99 -> 94%, study/README.md).
+# the floor, squares get their corners back (shape 77 -> 92.5%, position 99 -> 94%, docs/archive/study/README.md).
 BASE_NOISE = dict(discount=0.0, high_noise_share=0.0, snr_floor=0.0, blind_from=BLIND_FROM)
 # Since 2026-11-27 the restart pushes position harder: floor 1.0 instead of 0.3, and 75% of each
 # batch drawn among scenes placed by a position word, captioned with it (shapes.training_batch).

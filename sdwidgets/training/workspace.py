@@ -1,6 +1,11 @@
 """Where the recipe works and how long each stage may run: paths, budgets, the timings record,
-and the one budgeted training loop that every stage shares (cosine schedule over wall-clock time,
-progress bar, loss curve, periodic checkpoints)."""
+the one budgeted training loop that every stage shares (cosine schedule over wall-clock time,
+progress bar, loss curve, periodic checkpoints) and its checkpoints, and the pipelines of the
+working and the shipped folders.
+
+Nothing here reads the environment when imported: the paths' overrides (``SDW_TRAIN_WORK``,
+``SDW_ASSET_DIR``) are read by :func:`work_dir` and :func:`asset_dir` when called, the budgets'
+(``SDW_BASE_S``, ...) by :meth:`Budgets.from_env`, which the CLI calls once and passes on."""
 from __future__ import annotations
 
 import json
@@ -8,40 +13,87 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = Path(os.environ.get("SDW_TRAIN_WORK", ROOT / "training-work"))
-ASSET = Path(os.environ.get("SDW_ASSET_DIR", Path(__file__).resolve().parents[1] / "assets" / "shapes"))
-TIMINGS = WORK / "timings.json"
+DEFAULT_WORK = ROOT / "training-work"
+DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "shapes"
 SEED = 1234
 
-# Wall-clock budgets (seconds) of the stages on the 2-core CPU, and the size of the captioned world.
-VAE_PROBE_S = float(os.environ.get("SDW_VAE_PROBE_S", 120))
-VAE_S = float(os.environ.get("SDW_VAE_S", 660))
-DECODER_S = float(os.environ.get("SDW_DECODER_S", 360))
-ADAPT_S = float(os.environ.get("SDW_ADAPT_S", 420))
-BASE_S = float(os.environ.get("SDW_BASE_S", 1350))
-RESTART_S = float(os.environ.get("SDW_RESTART_S", 1600))
-RESTART2_S = float(os.environ.get("SDW_RESTART2_S", 720))
-SHARPEN_S = float(os.environ.get("SDW_SHARPEN_S", 390))
-SHARPEN2_S = float(os.environ.get("SDW_SHARPEN2_S", 360))
-POLISH_S = float(os.environ.get("SDW_POLISH_S", 900))
-CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 420))
-LORA_S = float(os.environ.get("SDW_LORA_S", 270))
-N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
+
+def work_dir() -> Path:
+    """The working folder (checkpoints, latents, timings): ``SDW_TRAIN_WORK`` or training-work/."""
+    return Path(os.environ.get("SDW_TRAIN_WORK", DEFAULT_WORK))
+
+
+def asset_dir() -> Path:
+    """The shipped model folder the recipe exports to: ``SDW_ASSET_DIR`` or sdwidgets/assets/shapes."""
+    return Path(os.environ.get("SDW_ASSET_DIR", DEFAULT_ASSET))
+
+
+def timings_path() -> Path:
+    return work_dir() / "timings.json"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Wall-clock budgets (seconds) of the stages on the 2-core CPU, the sizes of what they train,
+    probe and score on, and the adapt loss's two weights. The defaults are the recipe's; each
+    field can be overridden by the environment variable ``SDW_<FIELD>`` (``SDW_BASE_S=2000``),
+    read by :meth:`from_env` only."""
+    vae_probe_s: float = 120.0
+    vae_s: float = 660.0
+    decoder_s: float = 360.0
+    adapt_s: float = 420.0
+    base_s: float = 1350.0
+    restart_s: float = 1600.0
+    restart2_s: float = 720.0
+    sharpen_s: float = 390.0
+    sharpen2_s: float = 360.0
+    polish_s: float = 900.0
+    controlnet_s: float = 420.0
+    lora_s: float = 270.0
+    n_train: int = 24000     # images of the captioned world the base trains on
+    adapt_pairs: int = 1536  # img2img candidates for the adapt stage's generated pairs
+    adapt_edge_weight: float = 4.0  # see codec.stage_adapt
+    adapt_palette_ce: float = 1.0
+    probe_n: int = 48        # prompts of the restart's position probe
+    eval_n: int = 240        # prompts of the evaluation (evaluate.stage_evaluate)
+    eval_small: int = 48
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Budgets":
+        """The defaults with the ``SDW_<FIELD>`` overrides found in ``environ`` (os.environ)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            var = f"SDW_{f.name.upper()}"
+            if var in environ:
+                kind = type(f.default)
+                try:
+                    values[f.name] = kind(environ[var])
+                except ValueError:
+                    raise ValueError(f"{var} must be {'an integer' if kind is int else 'a number'}, "
+                                     f"got {environ[var]!r}") from None
+        return cls(**values)
+
+
+DEFAULT_BUDGETS = Budgets()
+
 # The stages of the 2-hour recipe, in order (``python -m sdwidgets.training.shapes all``). `polish` is
 # not in it: it moved shape little and cost the ring LoRA rings (model card); the shipped weights
 # ran it, and it stays a stage of its own.
 ALL = ["vae", "base", "restart", "restart2", "sharpen", "sharpen2", "decoder", "adapt", "export", "controlnet", "lora", "export", "evaluate"]
 
 
-def recipe_training_s() -> float:
+def recipe_training_s(budgets: Budgets = DEFAULT_BUDGETS) -> float:
     """Seconds of training in ``all`` with these budgets: one VAE probe counts (the chosen one is
     continued; the other is overhead), ``polish`` does not (it is not in ``all``)."""
-    return (VAE_PROBE_S + VAE_S + DECODER_S + ADAPT_S + BASE_S + RESTART_S + RESTART2_S + SHARPEN_S + SHARPEN2_S
-            + CONTROLNET_S + LORA_S)
+    b = budgets
+    return (b.vae_probe_s + b.vae_s + b.decoder_s + b.adapt_s + b.base_s + b.restart_s + b.restart2_s + b.sharpen_s
+            + b.sharpen2_s + b.controlnet_s + b.lora_s)
 
 
 def log(msg: str) -> None:
@@ -49,14 +101,15 @@ def log(msg: str) -> None:
 
 
 def record(key: str, value) -> None:
-    WORK.mkdir(parents=True, exist_ok=True)
+    work_dir().mkdir(parents=True, exist_ok=True)
     data = recorded()
     data[key] = value
-    TIMINGS.write_text(json.dumps(data, indent=1))
+    timings_path().write_text(json.dumps(data, indent=1))
 
 
 def recorded() -> dict:
-    return json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    timings = timings_path()
+    return json.loads(timings.read_text()) if timings.exists() else {}
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
@@ -66,7 +119,7 @@ def lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-class Budget:
+class WallClockSchedule:
     """Cosine schedule over a wall-clock budget: the step count is re-estimated as we go."""
 
     def __init__(self, seconds: float, elapsed: float = 0.0):
@@ -104,7 +157,7 @@ def train_for(desc: str, seconds: float, state: dict, opt, base_lr: float, warmu
     ``save`` is called every ``save_every_s`` and at the end. Returns the smoothed final loss."""
     from tqdm.auto import tqdm
 
-    budget = Budget(seconds, state.get("elapsed", 0.0))
+    budget = WallClockSchedule(seconds, state.get("elapsed", 0.0))
     losses = state.setdefault("losses", [])
     bar = tqdm(desc=desc, unit="step", mininterval=15, file=sys.stdout, initial=state["step"])
     last_save, run_loss = time.time(), None
@@ -127,12 +180,53 @@ def train_for(desc: str, seconds: float, state: dict, opt, base_lr: float, warmu
     return run_loss
 
 
-def load_asset_pipe(folder: Path = ASSET):
-    """The shipped model folder as a float32 StableDiffusionPipeline, progress bars off."""
+def resume(ckpt: Path, modules: dict, opt) -> dict:
+    """Load a stage's checkpoint (module state dicts + optimiser) and return its loop state."""
+    if not ckpt.exists():
+        return {"step": 0, "elapsed": 0.0, "losses": []}
+    import torch
+
+    c = torch.load(ckpt, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(c[name])
+    opt.load_state_dict(c["opt"])
+    return c["state"]
+
+
+def saver(ckpt: Path, modules: dict, opt, state: dict):
+    """A ``save()`` for :func:`train_for`: module state dicts, optimiser and loop state."""
+    import torch
+
+    return lambda: torch.save({k: m.state_dict() for k, m in modules.items()}
+                              | {"opt": opt.state_dict(), "state": state}, ckpt)
+
+
+def load_asset_pipe(folder: Path | None = None):
+    """The shipped model folder (default :func:`asset_dir`) as a float32 StableDiffusionPipeline, progress bars off."""
     import torch
     from diffusers import StableDiffusionPipeline
 
+    folder = asset_dir() if folder is None else folder
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def work_pipe():
+    """The pipeline of the working folder's base and VAE (float32, progress bars off)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .architecture import default_scheduler
+
+    base = work_dir() / "base"
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work_dir() / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(base / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(base / "unet"),
+        scheduler=default_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
