@@ -31,6 +31,7 @@ def trained(tmp_path_factory):
     return tmp, _recipe(tmp, "all") + _recipe(tmp, "polish")  # polish: a stage outside "all"
 
 
+@pytest.mark.slow    # the whole recipe on seconds-long budgets: about 2.5 min
 def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
@@ -49,6 +50,7 @@ def test_recipe_writes_a_loadable_model_with_controlnet_and_lora(trained):
     assert len(factors["factors"]) == 4 and len(factors["bias"]) == 3
 
 
+@pytest.mark.slow    # the whole recipe on seconds-long budgets: about 2.5 min
 def test_recipe_records_timings_scores_and_the_model_card(trained):
     tmp, out = trained
     rec = json.loads((tmp / "work" / "timings.json").read_text())
@@ -85,6 +87,7 @@ def test_recipe_records_timings_scores_and_the_model_card(trained):
     assert "measure" in out and "ok" in out  # the printed table
 
 
+@pytest.mark.slow    # the whole recipe on seconds-long budgets: about 2.5 min
 def test_recipe_resumes_instead_of_retraining(trained):
     tmp, _ = trained
     weights = tmp / "work" / "base" / "unet" / "diffusion_pytorch_model.safetensors"
