@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MissingExtraError, ParamError
+from .errors import MissingExtraError, MissingWeightsError, ParamError
 from .validate import check_number, load_image
 
 # kind -> (controlnet_aux detector (canny: OpenCV, see run_preprocessor), needs annotator weights from the hub, options and defaults)
@@ -158,8 +158,44 @@ def _detector(kind: str):
                                         "(or pass preprocess=False with a ready conditioning image)") from None
 
             cls = getattr(controlnet_aux, cls_name)
-        _DETECTORS[kind] = cls.from_pretrained(ANNOTATORS_REPO) if needs_weights else cls()
+        _DETECTORS[kind] = _with_annotator_weights(kind, cls) if needs_weights else cls()
     return _DETECTORS[kind]
+
+
+def _with_annotator_weights(kind: str, cls):
+    """The detector from annotator weights in the local Hugging Face cache, or downloaded once
+    (said first). Offline, or with the hub unreachable, a clear error at once instead of the
+    hub client's retries (about 25 s)."""
+    from huggingface_hub import constants
+
+    try:
+        return cls.from_pretrained(ANNOTATORS_REPO, local_files_only=True)
+    except OSError:           # not in the cache (LocalEntryNotFoundError is an OSError)
+        pass
+    how = (f"download them once with `huggingface-cli download {ANNOTATORS_REPO}` on a machine with a network, "
+           f"or pass preprocess=False with a ready {kind} map")
+    if constants.is_offline_mode() or not _reachable(constants.ENDPOINT):
+        raise MissingWeightsError(f"controls: the {kind!r} preprocessor needs annotator weights from "
+                                  f"{ANNOTATORS_REPO}, which are not on this machine and cannot be fetched now; {how}")
+    warnings.warn(f"controls: downloading annotator weights for {kind!r} from {ANNOTATORS_REPO} (first use only)",
+                  stacklevel=4)
+    try:
+        return cls.from_pretrained(ANNOTATORS_REPO)
+    except OSError as exc:
+        raise MissingWeightsError(f"controls: could not download the {kind!r} annotator weights ({exc}); {how}") from None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of `url` answers a TCP connection within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def model_family(pipe) -> str:

@@ -23,3 +23,7 @@ class OutOfMemoryError(SDWidgetsError, MemoryError):
 
 class MissingExtraError(SDWidgetsError, ImportError):
     """A feature needs an optional dependency; the message names the extra to install."""
+
+
+class MissingWeightsError(SDWidgetsError, OSError):
+    """Weights a feature needs are not on this machine and cannot be fetched now; says how to get them."""

@@ -138,3 +138,21 @@ def test_control_behaves_like_the_dataclass_it_is():
     assert control.scale == 0.8
     with pytest.raises(sdw.ParamError, match="scale"):
         dataclasses.replace(control, scale=9.0)
+
+
+def test_a_preprocessor_without_its_weights_says_how_to_get_them_instead_of_retrying(tmp_path):
+    pytest.importorskip("controlnet_aux")
+    code = """
+import sdwidgets as sdw
+from PIL import Image
+try:
+    sdw.Control("depth", Image.new("RGB", (64, 64))).preview()
+except sdw.SDWidgetsError as exc:
+    print(type(exc).__name__, exc)
+"""
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}   # an empty cache
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.startswith("MissingWeightsError controls: the 'depth' preprocessor needs annotator weights")
+    assert "huggingface-cli download lllyasviel/Annotators" in out and "preprocess=False" in out
+    assert not any((tmp_path / "hf").rglob("*.pt"))
