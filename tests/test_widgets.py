@@ -432,3 +432,61 @@ def test_live_preview_alone_accepts_a_recorder(session):
     live.finish(run)
     assert live.frames_shown == len(run.frames) and live.gallery.value.count("<img") == 1
     live.close()
+
+
+# ---- actions on images, img2img, restoring a run -----------------------------------------------
+def _png_parameters(data: bytes) -> str:
+    import io
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.text["parameters"]
+
+
+def test_actions_save_the_logged_png_copy_its_parameters_and_send_it_on(dash, session):
+    import base64
+    import re
+
+    run = run_once(dash)
+    bar = dash.actions
+    href = re.search(r'href="data:image/png;base64,([^"]+)"', bar.save.value).group(1)
+    saved = base64.b64decode(href)
+    assert saved == run.image_paths[0].read_bytes()                  # the original file, not a screenshot
+    assert _png_parameters(saved) == bar.infotext.value == bar.parameters() != ""
+    assert f"Seed: {run.params.seed}" in bar.infotext.value and "navigator.clipboard.writeText" in bar.copy.value
+    dash.prompt.seed.value = 999
+    bar.reuse_seed.click()
+    assert dash.prompt.seed.value == run.params.seed
+    bar.to_img2img.click()
+    assert dash.tabs.selected_index == 1 and dash.img2img.enabled.value
+    dash.img2img.strength.value = 0.5
+    second = run_once(dash)                                            # the next Generate uses it
+    from sdwidgets.images import image_sha256
+
+    row = session.log.df.iloc[-1]
+    assert "Img2Img" in row.pipeline and row.init_image_sha256 == image_sha256(run.image) and second.params.strength == 0.5
+    bar.to_control.click()
+    assert dash.tabs.selected_index == 2 and len(dash.controlnet.rows) == 1
+    assert dash.controlnet.rows[0].source is not None
+
+
+@pytest.mark.skipif(not EMBEDDED_READY, reason="the bundled LoRA and ControlNet ship with the embedded model")
+def test_to_prompt_restores_loras_controls_and_init_so_generate_makes_the_same_pixels(dash, session):
+    dash.lora.add_lora("ring", 0.7)
+    dash.controlnet.add_control("canny", shapes_image(faint=120))
+    dash.img2img.set_image(shapes_image(), 0.6)
+    dash.prompt.prompt.value = "a red sks on a blue background"
+    dash.prompt.scheduler.value = "Euler a"
+    first = run_once(dash)
+    dash.lora.set_loras([])                                           # the panels now describe something else
+    dash.controlnet.set_controls([])
+    dash.img2img.reset()
+    dash.prompt.fill(sdw.GenerationParams("a blue square", seed=3))
+    dash.log.refresh()
+    dash.log.select.value = (first.run_id,)
+    dash.log.to_prompt.click()
+    assert dash.lora.loras() == {"ring": 0.7} and [c.kind for c in dash.controlnet.controls()] == ["canny"]
+    assert dash.img2img.values()["strength"] == 0.6 and dash.prompt.scheduler.value == "Euler a"
+    again = run_once(dash)
+    assert again.params.loras == first.params.loras and again.params.seed == first.params.seed
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
+    assert dash.log.actions.run_id == first.run_id and dash.log.actions.save.value   # the log's detail has actions

@@ -181,6 +181,19 @@ class ControlPanel(Panel):
     def controls(self) -> list:
         return [c for c in (row.control() for row in self.rows) if c is not None]
 
+    def set_controls(self, controls) -> None:
+        """Rows for exactly these sdw.Controls (a log row's), replacing the current ones."""
+        for row in list(self.rows):
+            self._drop(row)
+        for control in controls:
+            row = self.add_control(control.kind, control.image)
+            row.preprocess.value = next(k for k, v in PREPROCESS.items() if v == control.preprocess)
+            for name, value in control.options.items():
+                if name in row._option_widgets:
+                    row._option_widgets[name].value = value
+            row.scale.value, row.span.value = control.scale, (control.start, control.end)
+        self.box.children = [r.root for r in self.rows]
+
     def set_model(self, model: str | None) -> None:
         self.model = model
         for row in self.rows:
@@ -204,10 +217,13 @@ class ControlPanel(Panel):
 
     def _remove_clicked(self, button) -> None:
         for row in [r for r in self.rows if r.remove is button]:
-            row.remove.on_click(self._remove_clicked, remove=True)
-            self.rows.remove(row)
-            row.close()
+            self._drop(row)
         self.box.children = [r.root for r in self.rows]
+
+    def _drop(self, row: ControlRow) -> None:
+        row.remove.on_click(self._remove_clicked, remove=True)
+        self.rows.remove(row)
+        row.close()
 
     def close(self) -> None:
         for row in self.rows:

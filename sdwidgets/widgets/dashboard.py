@@ -13,15 +13,20 @@ from importlib.metadata import PackageNotFoundError, version
 import ipywidgets as W
 
 from ..params import GenerationParams
+from .actions import ImageActions
 from .base import Panel, short_error
 from .builder import PromptBuilder
 from .controlnet import ControlPanel
 from .explainer import ExplainerPanel
+from .img2img import Img2ImgPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
 from .prompt import PromptPanel
 from .scrubber import StepScrubber
+
+
+TABS = ("Steps", "img2img", "ControlNet", "LoRA", "Log", "Explainer")
 
 
 class Dashboard(Panel):
@@ -40,12 +45,14 @@ class Dashboard(Panel):
         self.builder = PromptBuilder()
         self.live = LivePreview(min_interval=min_interval)
         self.scrubber = StepScrubber()
+        self.actions = ImageActions()             # under the live preview: the last run's images
+        self.img2img = Img2ImgPanel(image_source=self.last_image)
         self.controlnet = ControlPanel(image_source=self.last_image, session=session)
         self.lora = LoraPanel(session)
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
-        self.panels = [self.prompt, self.builder, self.live, self.scrubber, self.controlnet, self.lora, self.log,
-                       self.explainer]
+        self.panels = [self.prompt, self.builder, self.live, self.actions, self.scrubber, self.img2img,
+                       self.controlnet, self.lora, self.log, self.explainer]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -59,20 +66,24 @@ class Dashboard(Panel):
         self.observe(self.prompt.model, self._model_changed)
         self.builder.on_compose(self._composed)
         self.lora.on_release(self.regenerate)
-        self.log.on_select(self.prompt.fill)
+        self.log.on_select(self.fill)
         self.log.on_rerun(self.rerun)
+        for bar in (self.actions, self.log.actions):
+            bar.on_img2img(self.send_to_img2img)
+            bar.on_control(self.send_to_controlnet)
+            bar.on_seed(self.reuse_seed)
 
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
-        tabs = W.Tab(children=[self.scrubber.root, self.controlnet.root, self.lora.root, self.log.root,
-                               self.explainer.root],
-                     titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer"))
+        self.tabs = tabs = W.Tab(children=[self.scrubber.root, self.img2img.root, self.controlnet.root,
+                                           self.lora.root, self.log.root, self.explainer.root],
+                                 titles=TABS)
         left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
-        self.live.root.layout.flex = "1 1 auto"
-        self.root = W.VBox([W.HBox([left, self.live.root]), tabs], layout=W.Layout(width="100%"))
+        right = W.VBox([self.live.root, self.actions.root], layout=W.Layout(flex="1 1 auto"))
+        self.root = W.VBox([W.HBox([left, right]), tabs], layout=W.Layout(width="100%"))
         self.root.add_class("sdw-dashboard")
-        self._extra_widgets = [builder, tabs]
+        self._extra_widgets = [builder, tabs, right]
 
     # ---- public -------------------------------------------------------------------------------
     @property
@@ -81,7 +92,30 @@ class Dashboard(Panel):
 
     def params(self) -> GenerationParams:
         """The GenerationParams the panels describe now (raises ParamError on bad input)."""
-        return GenerationParams(**self.prompt.values(), loras=self.lora.loras(), controls=self.controlnet.controls())
+        return GenerationParams(**self.prompt.values(), loras=self.lora.loras(), controls=self.controlnet.controls(),
+                                **self.img2img.values())
+
+    def fill(self, params: GenerationParams) -> None:
+        """Every panel shows `params` (a log row's "To prompt"): Generate then makes the same run."""
+        self.prompt.fill(params)
+        self.lora.set_loras(params.loras)
+        self.controlnet.set_controls(params.controls)
+        if params.init_image is not None:
+            self.img2img.set_image(params.init_image, params.strength)
+        else:
+            self.img2img.reset()
+
+    def send_to_img2img(self, image) -> None:
+        if self.img2img.set_image(image):
+            self.tabs.selected_index = TABS.index("img2img")
+
+    def send_to_controlnet(self, image) -> None:
+        self.controlnet.add_control("canny", image)
+        self.tabs.selected_index = TABS.index("ControlNet")
+
+    def reuse_seed(self, seed: int) -> None:
+        self.prompt.seed.value = seed
+        self.prompt.random_seed.value = False
 
     def generate(self, params: GenerationParams | None = None, tags: dict | None = None) -> bool:
         """Start a run on the worker thread. Returns False (and starts nothing) if one is going."""
@@ -166,6 +200,7 @@ class Dashboard(Panel):
         else:
             self.last_run = run
             self.live.finish(run)
+            self.actions.show_run(run)
             self.scrubber.show_run(run)
             self.prompt.remember_seed(run.params.seed)
             kind = "ok" if run.status == "ok" else "error"

@@ -16,6 +16,9 @@ from ..images import data_url
 from .base import PREVIEW_SIZE, Panel, hold, image_value, image_widget, message, short_error
 
 GALLERY_SIZE = 192
+LARGE_SIZE = 512
+# a click toggles a gallery image between its gallery size and LARGE_SIZE (in the browser, no kernel round trip)
+ENLARGE = "this.width = this.width > {small} ? {small} : " + str(LARGE_SIZE)
 
 
 class LivePreview(Panel):
@@ -130,8 +133,9 @@ def gallery_html(run) -> str:
     size = GALLERY_SIZE if len(run.images) <= 2 else GALLERY_SIZE * 2 // 3
     cells = "".join(
         f'<figure class="sdw-gallery-item" style="margin:4px;display:inline-block;text-align:center">'
-        f'<img src="{data_url(im, size)}" width="{size}" style="image-rendering:pixelated"'
-        f' title="seed {seed}"/><figcaption style="font-size:11px">seed {seed}</figcaption></figure>'
+        f'<img src="{data_url(im, size)}" width="{size}" style="image-rendering:pixelated;cursor:zoom-in"'
+        f' title="seed {seed}: click to enlarge" onclick="{ENLARGE.format(small=size)}"/>'
+        f'<figcaption style="font-size:11px">seed {seed}</figcaption></figure>'
         for im, seed in zip(run.images, run.seeds, strict=False))
     caption = f'<div style="font-family:monospace;font-size:11px">{html.escape(run.caption())}</div>'
     return f'<div class="sdw-gallery">{cells}{caption}</div>'

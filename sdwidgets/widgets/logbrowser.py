@@ -9,6 +9,7 @@ import ipywidgets as W
 
 from ..images import data_url
 from ..run import shorten
+from .actions import ImageActions
 from .base import Panel, image_value, image_widget, message, short_error
 
 THUMB = 40
@@ -29,6 +30,7 @@ class LogPanel(Panel):
         self.compare = W.Button(description="Compare", icon="columns", disabled=True)
         self.image = image_widget(160)
         self.details = W.HTML()
+        self.actions = ImageActions()      # Save, Copy parameters, Send to ... for the selected run
         self.comparison = W.HTML()
         self._select_listeners, self._rerun_listeners = [], []
         self._thumbs: dict = {}
@@ -39,7 +41,7 @@ class LogPanel(Panel):
         self.on_click(self.compare, self._compare_clicked)
         self.root = W.VBox([self.table, self.select,
                             W.HBox([self.rerun, self.to_prompt, self.compare, self.fill_on_select]),
-                            W.HBox([self.image, self.details]), self.comparison])
+                            W.HBox([self.image, self.details]), self.actions.root, self.comparison])
         self.refresh()
 
     def on_select(self, callback) -> None:
@@ -120,6 +122,9 @@ class LogPanel(Panel):
             return
         if images:
             self.image.value = image_value(images[0], 160)
+        rows = [r for r in self.session.log.records(run_id) if r["image_path"]]
+        self.actions.show(images, [self.session.log.dir / r["image_path"] for r in rows], [r["seed"] for r in rows],
+                          run_id)
         p = record["params"]
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in p.items() if v not in (None, "", [], {}) and k != "init_image_sha256")
@@ -150,6 +155,7 @@ class LogPanel(Panel):
             self.comparison.value = message(short_error(exc), "error")
 
     def close(self) -> None:
+        self.actions.close()
         self._select_listeners.clear()
         self._rerun_listeners.clear()
         super().close()

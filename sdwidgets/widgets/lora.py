@@ -79,6 +79,19 @@ class LoraPanel(Panel):
         self.box.children = [r.root for r in self.rows.values()]
         return row
 
+    def set_loras(self, loras) -> None:
+        """Exactly these (name, strength) pairs, on (a log row's LoRAs); regenerates nothing."""
+        listening, self._listeners = self._listeners, []
+        try:
+            for name in [n for n in self.rows if n not in dict(loras)]:
+                self._release_row(self.rows.pop(name))
+            for name, strength in loras:
+                row = self.add_lora(name, strength)
+                row.strength.value, row.enabled.value = strength, True
+            self.box.children = [r.root for r in self.rows.values()]
+        finally:
+            self._listeners = listening
+
     def on_release(self, callback) -> None:
         self._listeners.append(callback)
 
