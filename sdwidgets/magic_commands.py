@@ -62,6 +62,17 @@ def _assignments(name: str, args: list[str]) -> dict:
     return out
 
 
+def _stored_values(record: dict) -> dict:
+    """The template values a record was made with ({} when absent or damaged)."""
+    try:
+        values = json.loads(record["template_values"]) if record.get("template_values") else {}
+    except ValueError:
+        raise ParamError(f"rerun: the record's template_values is not JSON: {record['template_values'][:40]!r}") from None
+    if not isinstance(values, dict):
+        raise ParamError("rerun: the record's template_values is not a JSON object")
+    return values
+
+
 def resolve_run_id(log, text: str) -> str:
     """An exact run id, `last`, or a unique prefix/suffix of one."""
     ids = list(dict.fromkeys(log.df["run_id"]))
@@ -202,7 +213,7 @@ def cmd_rerun(magic, args):
     NAME=VALUE changes one thing: a {variable} of the run's prompt template (the prompt is
     expanded again), or seed, steps, cfg, sampler, size, strength, negative.
     """
-    from .magic_parse import expand
+    from .magic_parse import fill_template
     from .magics import Plan
     from .params import parse_infotext
     from .sweep import ALIASES, PARAMS
@@ -213,7 +224,7 @@ def cmd_rerun(magic, args):
     record = log.records(run_id)[0]
     params = log.params(run_id)
     template = record.get("prompt_template")
-    values = json.loads(record["template_values"]) if record.get("template_values") else {}
+    values = _stored_values(record)
     tags = {"source": "rerun", "rerun_of": run_id}
     changes, new_values = {}, {}
     for key, text in _assignments("rerun", args[1:]).items():
@@ -231,9 +242,8 @@ def cmd_rerun(magic, args):
         tags["template"] = template
         if values:
             tags["values"] = values
-        if new_values:
-            namespace = {**magic.shell.user_ns, **{k: v for k, v in values.items() if k.isidentifier()}, **new_values}
-            text, tags["values"] = expand(template, namespace)
+        if new_values:   # the stored template is data: only its plain {name} fields are filled, never evaluated
+            text, tags["values"] = fill_template(template, {**values, **new_values})
             _, prompt, negative = parse_infotext(text)
             changes.update(prompt=prompt, negative_prompt=negative or params.negative_prompt)
     params = params.replace(**changes)
