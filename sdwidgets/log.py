@@ -210,6 +210,30 @@ class ExperimentLog:
         return out
 
     # ---- writing -----------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """ParamError unless runs can be recorded here (checked before a run, so no image is lost)."""
+        import tempfile
+
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ParamError(f"log_dir {str(self.dir)!r} is a file, not a folder; pass a folder (created if missing)")
+        existing = self.dir
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ParamError(f"log_dir {str(self.dir)!r} cannot be created: {str(existing)!r} is a file")
+        for folder in (existing, self.dir / "images"):
+            if folder.is_dir():
+                try:
+                    tempfile.TemporaryFile(dir=folder).close()      # a real write: permissions, read-only mounts
+                except OSError as exc:
+                    raise ParamError(f"log_dir {str(self.dir)!r} is not writable ({exc.strerror}: {folder}); "
+                                     "pass a folder you can write to") from None
+        if self.path.exists():
+            try:
+                open(self.path, "ab").close()
+            except OSError as exc:
+                raise ParamError(f"log_dir {str(self.dir)!r}: {RECORDS} is not writable ({exc.strerror})") from None
+
     def add(self, run, context: dict) -> list[dict]:
         """Save a Run's images and append one record per image. Returns the records."""
         import datetime

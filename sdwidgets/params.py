@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ParamError
+from .limits import check_limit
 from .schedulers import SAMPLER_NAMES, check_sampler
 
 INFOTEXT_KEY = "parameters"      # A1111's PNG text chunk
@@ -32,6 +34,8 @@ def _check_int(name: str, value: Any, minimum: int | None = None) -> int:
 def _check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ParamError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ParamError(f"{name} must be a finite number, got {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ParamError(f"{name} must be {bounds}, got {value!r}")
@@ -98,14 +102,20 @@ class GenerationParams:
             if self.seed >= 2**63:
                 raise ParamError(f"seed must be < 2**63, got {self.seed}")
         set_("steps", _check_int("steps", self.steps, 1))
+        check_limit("steps", "steps", self.steps)
         set_("guidance_scale", _check_number("guidance_scale", self.guidance_scale, 0.0))
         set_("num_images", _check_int("num_images", self.num_images, 1))
+        check_limit("images", "num_images", self.num_images)
+        if self.seed is not None and self.seed + self.num_images - 1 >= 2**63:
+            raise ParamError(f"seed + num_images - 1 must be < 2**63 (image i uses seed + i), got seed {self.seed} "
+                             f"with {self.num_images} images; use a seed below {2**63 - self.num_images + 1}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
                 value = _check_int(name, value, 8)
                 if value % 8:
                     raise ParamError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8} or {value // 8 * 8 + 8})")
+                check_limit("side", name, value)
                 set_(name, value)
         # 3. Sampler
         if self.scheduler is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import html
 import itertools
+import math
 from dataclasses import dataclass
 
 from .errors import ParamError
@@ -49,6 +50,8 @@ def _float(text: str, name: str, lo: float = 0.0, hi: float | None = None) -> fl
         value = float(str(text).strip())
     except ValueError:
         raise ParamError(f"{name}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ParamError(f"{name}: expected a finite number, got {text!r}")
     if value < lo or (hi is not None and value > hi):
         raise ParamError(f"{name}: must be in [{lo}, {hi}], got {value}" if hi is not None
                          else f"{name}: must be >= {lo}, got {value}")
@@ -112,8 +115,15 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def parse_axis(spec: str, template_names: set[str]) -> Axis:
-    """`name=v1,v2,...` (ints also `a..b`) -> Axis; ParamError naming what is accepted."""
+def parse_axis(spec: str, template_names: set[str], max_values: int | None = None) -> Axis:
+    """`name=v1,v2,...` (ints also `a..b`) -> Axis; ParamError naming what is accepted.
+
+    The number of values is checked against max_values (and the sweep_values limit) before a
+    range is expanded, so `seed=1..300000000` fails at once instead of building the list.
+    """
+    from .limits import LIMITS, limit
+
+    top = min(limit("sweep_values"), max_values or limit("sweep_values"))
     name, sep, raw = spec.partition("=")
     name = name.strip()
     if not sep or not name or not raw.strip():
@@ -134,6 +144,11 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
             start, stop = _int(lo, f"--sweep {name} range start", 0), _int(hi, f"--sweep {name} range end", 0)
             if stop < start:
                 raise ParamError(f"--sweep {name}: range {item!r} is empty (write low..high)")
+            if len(values) + stop - start + 1 > top:
+                lift = (f"SDMagic.max_runs={max_values} (raise it with %config SDMagic.max_runs = N)"
+                        if max_values is not None and max_values <= limit("sweep_values")
+                        else f"the {LIMITS['sweep_values'][1]} limit of {top} values")
+                raise ParamError(f"--sweep {name}: {len(values) + stop - start + 1} values is more than {lift}")
             values.extend(range(start, stop + 1))
         else:
             try:
@@ -145,8 +160,8 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
     return Axis(name, values, kind)
 
 
-def parse_axes(specs: list[str], template_names: set[str]) -> list[Axis]:
-    axes = [parse_axis(s, template_names) for s in specs]
+def parse_axes(specs: list[str], template_names: set[str], max_values: int | None = None) -> list[Axis]:
+    axes = [parse_axis(s, template_names, max_values) for s in specs]
     if len(axes) > MAX_AXES:
         raise ParamError(f"--sweep: at most {MAX_AXES} sweeps (a row or an X/Y grid), got {len(axes)}")
     if len(axes) == 2 and axes[0].name == axes[1].name:
