@@ -13,6 +13,10 @@ class ModelNotFoundError(ParamError):
     """A model alias, folder, file or hub id could not be resolved."""
 
 
+class ModelLoadError(ParamError):
+    """A model's files were found but could not be loaded (damaged, incomplete or not a model)."""
+
+
 class UnsafeModelError(ParamError):
     """A pickled checkpoint was refused (it can run arbitrary code when loaded)."""
 
