@@ -23,3 +23,7 @@ class UnsafeModelError(ParamError):
 
 class OutOfMemoryError(SDWidgetsError, MemoryError):
     """The device ran out of memory; the message lists the options that would help."""
+
+
+class ParamWarning(UserWarning):
+    """Something read from a file or another tool was adjusted or left out (the message says what)."""

@@ -350,3 +350,54 @@ def cmd_interrupt(magic, args):
     session.interrupt()
     print("interrupt requested: the run stops after the current step")
     return None
+
+
+@command("import", "import IMAGE_PATH")
+def cmd_import(magic, args):
+    """Read the parameters of an image (ours, A1111/Forge, ComfyUI, InvokeAI, NovelAI, Fooocus) into the next %%sd.
+
+    The next cell is filled with a %%sd cell that makes the same request; run it as is or edit it first.
+    What cannot be carried over is named in a warning.
+    """
+    from .params import GenerationParams
+
+    _arity("import", args, 1, 1)
+    params = GenerationParams.from_png(args[0])
+    cell = import_cell(params, magic.session)
+    magic.shell.set_next_input(cell, replace=False)
+    print(f"imported {args[0]}: the next cell is a %%sd with its parameters")
+    return None
+
+
+def import_cell(params, session) -> str:
+    """A %%sd cell (option line + prompt) that asks for what `params` describes."""
+    import shlex
+
+    options = []
+    if params.seed is not None:
+        options += ["--seed", str(params.seed)]
+    options += ["--steps", str(params.steps), "--cfg", f"{params.guidance_scale:g}"]
+    if params.scheduler:
+        options += ["--sampler", params.scheduler]
+    if params.width and params.height:
+        options += ["--size", f"{params.width}x{params.height}"]
+    if params.num_images > 1:
+        options += ["-n", str(params.num_images)]
+    if params.model:
+        try:
+            session.resolve(params.model)
+            options += ["--model", params.model]
+        except ParamError:
+            print(f"model {params.model!r} is not available here; the cell uses the default model")
+    known = session.loras(options[options.index("--model") + 1] if "--model" in options else None) \
+        if params.loras else {}
+    for name, strength in params.loras:
+        if name in known:
+            options += ["--lora", f"{name}:{strength:g}"]
+        else:
+            print(f"LoRA {name!r} is not loaded here; left out (add it with %sd lora load PATH {name})")
+    escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731 - literal braces, not templates
+    body = escape(params.prompt)
+    if params.negative_prompt:
+        body += "\nNegative prompt: " + escape(params.negative_prompt)
+    return "%%sd " + " ".join(shlex.quote(o) for o in options) + "\n" + body
