@@ -131,6 +131,9 @@ def settings_from_prompt_info(info, path) -> dict:
     scheduler = map_sampler(sampler.name, parameters.get("scheduler"), tool, path)
     if scheduler:
         out["scheduler"] = scheduler
+    if sampler.model is not None:
+        warn(f"{path}: {tool} model {str(sampler.model)!r} is not carried over (a file on another machine); "
+             "the session's model is used")
     size = _size(info, parameters)
     if size:
         out["width"], out["height"] = (nearest_multiple_of_8(v, n, path) for v, n in zip(size, ("width", "height")))

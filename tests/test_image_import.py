@@ -1,5 +1,6 @@
 """GenerationParams.from_png on images other tools made, written here the way each tool writes them,
 and on damaged files: a one-line ParamError or a ParamWarning, never a PIL or json traceback."""
+import datetime
 import gzip
 import json
 import warnings
@@ -195,3 +196,25 @@ def test_sd_import_fills_the_next_sd_cell(session, tmp_path):
     with pytest.raises(UsageError, match="not a readable image"):
         (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
         shell.run_line_magic("sd", f"import {tmp_path / 'broken.png'}")
+
+
+def test_dashboard_upload_fills_the_prompt_panel(session, tmp_path):
+    from sdwidgets.widgets.dashboard import Dashboard
+
+    d = Dashboard(session=session, steps=3)
+    try:
+        comfy_prompt, workflow = comfyui_graph()
+        data = png(tmp_path / "c.png", prompt=comfy_prompt, workflow=workflow).read_bytes()
+        d.importer.upload.value = ({"name": "fox.png", "type": "image/png", "size": len(data), "content": memoryview(data),
+                                    "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+        p = d.prompt
+        assert (p.prompt.value, p.negative_prompt.value, p.seed.value, p.steps.value, p.guidance_scale.value,
+                p.scheduler.value, p.width.value, p.height.value) == \
+            ("a red fox in the snow", "blurry", 777, 25, 7.5, "Euler a", 512, 640)
+        assert p.model.value == "" and "loaded fox.png" in d.importer.status.value
+        assert "v1-5-pruned-emaonly.safetensors" in d.importer.status.value and "not carried over" in d.importer.status.value
+        d.importer.load("broken.png", b"\x89PNG\r\n\x1a\n broken")
+        assert "broken.png" in d.importer.status.value and "not a readable image" in d.importer.status.value
+        assert p.prompt.value == "a red fox in the snow"            # a bad file changes nothing
+    finally:
+        d.close()

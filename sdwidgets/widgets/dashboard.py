@@ -17,6 +17,7 @@ from .base import Panel, short_error
 from .builder import PromptBuilder
 from .controlnet import ControlPanel
 from .explainer import ExplainerPanel
+from .image_import import ImageImportPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
@@ -44,8 +45,9 @@ class Dashboard(Panel):
         self.lora = LoraPanel(session)
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
+        self.importer = ImageImportPanel(session)
         self.panels = [self.prompt, self.builder, self.live, self.scrubber, self.controlnet, self.lora, self.log,
-                       self.explainer]
+                       self.explainer, self.importer]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -61,13 +63,14 @@ class Dashboard(Panel):
         self.lora.on_release(self.regenerate)
         self.log.on_select(self.prompt.fill)
         self.log.on_rerun(self.rerun)
+        self.importer.on_params(self.prompt.fill)
 
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
         tabs = W.Tab(children=[self.scrubber.root, self.controlnet.root, self.lora.root, self.log.root,
                                self.explainer.root],
                      titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer"))
-        left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
+        left = W.VBox([self.prompt.root, self.importer.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
         self.live.root.layout.flex = "1 1 auto"
         self.root = W.VBox([W.HBox([left, self.live.root]), tabs], layout=W.Layout(width="100%"))
