@@ -68,8 +68,16 @@ class LogPanel(Panel):
                 self.select.options = options
                 self.select.value = tuple(v for v in kept if v in {o[1] for o in options})
             self.table.value = self._table_html(rows)
+            shown = set(self._thumbs) & {self._thumb_key(r) for r in rows}
+            self._thumbs = {k: self._thumbs[k] for k in shown}     # only the rows on show: no growth over a session
         finally:
             self._refreshing = False
+
+    def _thumb_key(self, record):
+        try:
+            return self.session.log.image_file(record)
+        except ValueError:
+            return None
 
     def _thumb(self, record) -> str:
         try:
