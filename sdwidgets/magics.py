@@ -231,7 +231,7 @@ class SDMagic(Magics):
     @line_magic("sd")
     def sd_line(self, line: str):
         """`%sd COMMAND ...`: model, config, log, show, rerun, compare, loras, lora load, controls, unload,
-        dashboard, interrupt, help."""
+        dashboard, interrupt, import, help."""
         from .magic_commands import dispatch
 
         try:
