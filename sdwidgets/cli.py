@@ -73,13 +73,20 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def train_parser() -> argparse.ArgumentParser:
-    """`sdwidgets train STAGE --out DIR`; the stages are listed from the recipe's docstring (no torch import)."""
+def _recipe_stages() -> tuple[list[str], str]:
+    """(stage names, their help block) from the recipe's docstring, read without importing torch."""
     import ast
+    import re
 
     source = Path(__file__).parent / "training" / "shapes.py"
-    doc = ast.get_docstring(ast.parse(source.read_text()))
-    stages = doc[doc.index("Stages"):doc.index("Working files")].strip() if doc else ""
+    doc = ast.get_docstring(ast.parse(source.read_text())) or ""
+    block = doc[doc.index("Stages"):doc.index("Working files")].strip() if "Stages" in doc else ""
+    return re.findall(r"^ {4}(\w+) {2,}", block, flags=re.M), block
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """`sdwidgets train STAGE --out DIR`."""
+    _, stages = _recipe_stages()
     p = argparse.ArgumentParser(
         prog="sdwidgets train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Retrain the embedded `shapes` model (all: about 2 hours on a 2-core CPU). Both the stage and "
@@ -92,6 +99,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def run_train(argv: list[str]) -> int:
     import os
+    import subprocess
 
     from .errors import ParamError
 
@@ -102,18 +110,15 @@ def run_train(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    names, _ = _recipe_stages()
+    if args.stage != "all" and args.stage not in names:
+        raise ParamError(f"unknown stage {args.stage!r}; choose from all, {', '.join(names)}")
     out = args.out.expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ParamError(f"--out {str(out)!r} is a file, not a folder")
-    # workspace.py reads its paths from the environment when imported: set them first
-    os.environ["SDW_TRAIN_WORK"] = str(out / "work")
-    os.environ["SDW_ASSET_DIR"] = str(out / "shapes")
-    from .training.shapes import STAGES
-    from .training.shapes import main as train
-
-    if args.stage != "all" and args.stage not in STAGES:
-        raise ParamError(f"unknown stage {args.stage!r}; choose from all, {', '.join(STAGES)}")
-    return train([args.stage]) or 0
+    # the recipe reads its paths from the environment when imported: a child process gets them
+    env = {**os.environ, "SDW_TRAIN_WORK": str(out / "work"), "SDW_ASSET_DIR": str(out / "shapes")}
+    return subprocess.call([sys.executable, "-m", "sdwidgets.training.shapes", args.stage], env=env)
 
 
 def run_generate(args) -> int:

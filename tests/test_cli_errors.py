@@ -118,3 +118,10 @@ def test_a_bare_train_starts_nothing_and_says_what_it_needs(tmp_path, capsys):
     assert "unknown stage 'nope'" in one_error_line(capsys)
     assert {p: p.stat().st_mtime for p in EMBEDDED.rglob("*")} == before
     assert not (ROOT / "training-work").exists() or (ROOT / "training-work").stat().st_mtime < time.time() - 5
+
+
+def test_train_knows_every_stage_of_the_recipe():
+    from sdwidgets.cli import _recipe_stages
+    from sdwidgets.training.shapes import STAGES
+
+    assert _recipe_stages()[0] == list(STAGES)
