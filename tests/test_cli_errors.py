@@ -1,5 +1,4 @@
 """The command line with a user's mistakes and faults: one line and exit code 2, Ctrl-C 130, --help everywhere."""
-import json
 import os
 import shutil
 import signal
@@ -12,7 +11,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from sdwidgets.cli import main
 from sdwidgets.log import ExperimentLog
