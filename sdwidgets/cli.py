@@ -45,23 +45,80 @@ def main(argv: list[str] | None = None) -> int:
     rerun.add_argument("run_id")
     rerun.add_argument("--log-dir", default="sd-runs")
 
-    sub.add_parser("train", help="train the embedded model (python -m sdwidgets.training.shapes ...)",
+    sub.add_parser("train", help="retrain the embedded model, one stage or all (see `sdwidgets train --help`)",
                    add_help=False)
 
     if argv is None:
         argv = sys.argv[1:]
-    if argv[:1] == ["train"]:   # hand the rest to the training recipe's own parser
-        from .training.shapes import main as train
+    import warnings
 
-        return train(argv[1:]) or 0
-    args = parser.parse_args(argv)
     from .errors import SDWidgetsError
 
+    warnings.formatwarning = _one_line_warning
     try:
+        if argv[:1] == ["train"]:
+            return run_train(argv[1:])
+        args = parser.parse_args(argv)
         return {"demo": run_demo, "generate": run_generate, "log": show_log, "rerun": run_rerun}[args.command](args)
-    except (SDWidgetsError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (SDWidgetsError, KeyError) as exc:     # a user's mistake: one line, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _recipe_stages() -> tuple[list[str], str]:
+    """(stage names, their help block) from the recipe's docstring, read without importing torch."""
+    import ast
+    import re
+
+    source = Path(__file__).parent / "training" / "shapes.py"
+    doc = ast.get_docstring(ast.parse(source.read_text())) or ""
+    block = doc[doc.index("Stages"):doc.index("Working files")].strip() if "Stages" in doc else ""
+    return re.findall(r"^ {4}(\w+) {2,}", block, flags=re.M), block
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """`sdwidgets train STAGE --out DIR`."""
+    _, stages = _recipe_stages()
+    p = argparse.ArgumentParser(
+        prog="sdwidgets train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Retrain the embedded `shapes` model (all: about 2 hours on a 2-core CPU). Both the stage and "
+                    "an output folder are required, so nothing overwrites the installed model by accident.",
+        epilog=stages + "\n\nThe trained model goes to OUT/shapes, working files to OUT/work (resumable).")
+    p.add_argument("stage", help="a stage name below, or `all`")
+    p.add_argument("--out", required=True, type=Path, help="folder for the trained model and the working files")
+    return p
+
+
+def run_train(argv: list[str]) -> int:
+    import os
+    import subprocess
+
+    from .errors import ParamError
+
+    parser = train_parser()
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print("error: name a stage (or `all`, about 2 hours) and --out DIR; `sdwidgets train --help` lists them",
+              file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    names, _ = _recipe_stages()
+    if args.stage != "all" and args.stage not in names:
+        raise ParamError(f"unknown stage {args.stage!r}; choose from all, {', '.join(names)}")
+    out = args.out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ParamError(f"--out {str(out)!r} is a file, not a folder")
+    # the recipe reads its paths from the environment when imported: a child process gets them
+    env = {**os.environ, "SDW_TRAIN_WORK": str(out / "work"), "SDW_ASSET_DIR": str(out / "shapes")}
+    return subprocess.call([sys.executable, "-m", "sdwidgets.training.shapes", args.stage], env=env)
 
 
 def run_generate(args) -> int:
@@ -79,13 +136,23 @@ def run_generate(args) -> int:
     print(run.caption())
     for path in run.image_paths:
         print(path)
-    return 0
+    return 130 if run.status == "interrupted" else 0    # Ctrl-C mid-run: logged as interrupted
+
+
+def _existing_log(log_dir):
+    from .errors import ParamError
+    from .log import RECORDS, ExperimentLog
+
+    path = Path(log_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ParamError(f"--log-dir {str(path)!r} is a file, not a log folder")
+    if not (path / RECORDS).is_file():
+        raise ParamError(f"--log-dir {str(path)!r} holds no log ({RECORDS}); generate something first")
+    return ExperimentLog(path)
 
 
 def show_log(args) -> int:
-    from .log import ExperimentLog
-
-    df = ExperimentLog(args.log_dir).df
+    df = _existing_log(args.log_dir).df
     cols = ["run_id", "image_index", "status", "prompt", "seed", "steps", "guidance_scale", "scheduler", "duration_s"]
     print(df[cols].tail(args.n).to_string(index=False) if len(df) else f"no runs in {args.log_dir}")
     return 0
@@ -94,12 +161,14 @@ def show_log(args) -> int:
 def run_rerun(args) -> int:
     from .session import Session
 
+    _existing_log(args.log_dir)
     s = Session(log_dir=args.log_dir)
     run = s.log.rerun(args.run_id)
-    same = [a == b for a, b in zip(s.log.df.query(f"run_id == '{args.run_id}'")["image_sha256"],
-                                   s.log.df.query(f"run_id == '{run.run_id}'")["image_sha256"])]
+    df = s.log.df      # boolean masks, not DataFrame.query: a run id is text, never an expression
+    same = [a == b for a, b in zip(df[df["run_id"] == args.run_id]["image_sha256"],
+                                   df[df["run_id"] == run.run_id]["image_sha256"])]
     print(run.caption(), "· identical to the original" if same and all(same) else "· differs from the original")
-    return 0
+    return 130 if run.status == "interrupted" else 0
 
 
 def run_demo(args) -> int:

@@ -13,6 +13,10 @@ class ModelNotFoundError(ParamError):
     """A model alias, folder, file or hub id could not be resolved."""
 
 
+class ModelLoadError(ParamError):
+    """A model's files were found but could not be loaded (damaged, incomplete or not a model)."""
+
+
 class UnsafeModelError(ParamError):
     """A pickled checkpoint was refused (it can run arbitrary code when loaded)."""
 
@@ -27,3 +31,5 @@ class MissingExtraError(SDWidgetsError, ImportError):
 
 class MissingWeightsError(SDWidgetsError, OSError):
     """Weights a feature needs are not on this machine and cannot be fetched now; says how to get them."""
+class ParamWarning(UserWarning):
+    """Something read from a file or another tool was adjusted or left out (the message says what)."""

@@ -14,11 +14,13 @@ import html
 import json
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
 from .errors import ParamError
 from .images import data_url, file_sha256, image_sha256, stored_inputs
+from .errors import ParamError
 from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
 RECORDS = "records.jsonl"
@@ -31,6 +33,65 @@ COLUMNS = [
 ]
 _TAG_COLUMNS = {"source": "source", "template": "prompt_template", "values": "template_values"}
 
+# What a record read from a file must look like (records are data from strangers).
+_REQUIRED = ("run_id", "image_index", "created", "params")
+_INTS = ("image_index", "seed", "steps", "width", "height")
+_NUMBERS = ("guidance_scale", "strength", "duration_s", "peak_memory_mb")
+_FLAGS = ("safety_checker", "nsfw")
+
+
+def _parse(line: bytes, strict: bool = False):
+    """One JSON line -> object; None (or ValueError when strict) if it is not UTF-8 JSON."""
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if strict:
+            reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else f"not JSON ({exc})"
+            raise ValueError(reason) from None
+        return None
+
+
+def _no_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def check_record(record) -> dict:
+    """A record as read from records.jsonl, checked field by field; ValueError naming what is wrong."""
+    import datetime
+
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in _REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if not isinstance(record["run_id"], str) or not record["run_id"]:
+        raise ValueError(f"run_id must be a non-empty string, got {record['run_id']!r}")
+    if not isinstance(record["params"], dict):
+        raise ValueError("params must be a JSON object")
+    for key in COLUMNS:
+        value = record.get(key)
+        if value is None:
+            if key == "image_index":
+                raise ValueError("image_index must be an integer")
+            continue
+        if key in _INTS:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif key in _NUMBERS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif key in _FLAGS:
+            ok = isinstance(value, bool)
+        elif key == "params":
+            ok = True
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ValueError(f"{key} has a wrong type or value: {str(value)[:40]!r}")
+    try:
+        datetime.datetime.fromisoformat(record["created"])
+    except (TypeError, ValueError):
+        raise ValueError(f"created is not an ISO date: {str(record['created'])[:40]!r}") from None
+    return {k: record.get(k) for k in COLUMNS}
+
 
 class ExperimentLog:
     def __init__(self, log_dir, session=None):
@@ -40,6 +101,7 @@ class ExperimentLog:
         self._records: list[dict] = []
         self._df = None
         self._offset = 0
+        self._torn_warned = None
         self.refresh()
 
     # ---- reading -----------------------------------------------------------------------
@@ -48,30 +110,53 @@ class ExperimentLog:
         return self.dir / RECORDS
 
     def refresh(self) -> None:
-        """Read records appended since the last read (also by other processes)."""
+        """Read records appended since the last read (also by other processes).
+
+        Each line is checked like user input (see check_record): a bad one costs that line, with
+        a warning. A last line without its newline may still be being written by another process:
+        it is left for the next read, and only called torn if the file stops growing.
+        """
         if not self.path.is_file():
             return
-        with self._lock, open(self.path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        lines = data.split(b"\n")
-        complete, tail = lines[:-1], lines[-1]
-        for number, line in enumerate(complete):
-            if not line.strip():
-                continue
-            try:
-                self._records.append(json.loads(line))
-            except json.JSONDecodeError:
-                warnings.warn(f"{self.path}: skipped a damaged record (line {number + 1} after offset {self._offset})", stacklevel=2)
-        self._offset += len(data) - len(tail)
-        if tail.strip():
-            try:   # a complete last record that only lacks its newline
-                self._records.append(json.loads(tail))
-                self._offset += len(tail)
-            except json.JSONDecodeError:
-                warnings.warn(f"{self.path}: skipped a torn last record ({len(tail)} bytes), probably from a crash", stacklevel=2)
-                self._offset += len(tail)
+        with self._lock:
+            data = self._read_new()
+            lines = data.split(b"\n")
+            complete, tail = lines[:-1], lines[-1]
+            start = self._offset
+            for number, line in enumerate(complete):
+                self._take(line, f"line {number + 1} after offset {start}")
+            self._offset += len(data) - len(tail)
+            if tail.strip():
+                record = _parse(tail)
+                if isinstance(record, dict):    # a complete last record that only lacks its newline
+                    self._take(tail, "the last line")
+                    self._offset += len(tail)
+                elif self._torn_warned != (self._offset, len(tail)):
+                    self._torn_warned = (self._offset, len(tail))
+                    warnings.warn(f"{self.path}: skipped a torn last record ({len(tail)} bytes), probably from "
+                                  "a crash", stacklevel=2)
         self._df = None
+
+    def _read_new(self) -> bytes:
+        """Bytes after the offset; an unfinished last line is re-read while the file is still growing."""
+        for attempt in range(20):
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            if not data or data.endswith(b"\n") or isinstance(_parse(data.rsplit(b"\n", 1)[-1]), dict):
+                return data
+            time.sleep(0.005 * (attempt + 1))
+            if self.path.stat().st_size == self._offset + len(data):
+                return data                      # not growing: a torn line (or a stalled writer)
+        return data
+
+    def _take(self, line: bytes, where: str) -> None:
+        if not line.strip():
+            return
+        try:
+            self._records.append(check_record(_parse(line, strict=True)))
+        except ValueError as exc:
+            warnings.warn(f"{self.path}: skipped a damaged record ({where}): {exc}", stacklevel=3)
 
     @property
     def df(self):
@@ -80,11 +165,22 @@ class ExperimentLog:
 
         if self._df is None:
             self._df = pd.DataFrame(self._records, columns=COLUMNS)
-            self._df["created"] = pd.to_datetime(self._df["created"])
+            self._df["created"] = pd.to_datetime(self._df["created"], format="ISO8601", utc=True)
         return self._df.copy()
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def image_file(self, record: dict) -> Path | None:
+        """The record's image inside the log folder; ParamError if its path leads outside."""
+        rel = record.get("image_path")
+        if not rel:
+            return None
+        path = (self.dir / rel).resolve()
+        if Path(rel).is_absolute() or not path.is_relative_to(self.dir.resolve()):
+            raise ParamError(f"run {record['run_id']}: image_path {rel!r} points outside the log folder {self.dir}; "
+                             "refused")
+        return path
 
     def records(self, run_id: str) -> list[dict]:
         rows = [r for r in self._records if r["run_id"] == run_id]
@@ -110,14 +206,50 @@ class ExperimentLog:
 
     def params(self, run_id: str) -> GenerationParams:
         """The exact parameters of a run (init/control images restored from inputs/)."""
-        return GenerationParams.from_dict(self.records(run_id)[0]["params"], stored_inputs(self.dir / "inputs"))
+        stored = self.records(run_id)[0]["params"]
+        try:
+            return GenerationParams.from_dict(stored, stored_inputs(self.dir / "inputs"))
+        except ParamError as exc:
+            raise ParamError(f"run {run_id}: its logged parameters are invalid: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ParamError(f"run {run_id}: its logged parameters are damaged ({type(exc).__name__}: {exc})") from None
 
     def images(self, run_id: str) -> list:
         from PIL import Image
 
-        return [Image.open(self.dir / r["image_path"]).convert("RGB") for r in self.records(run_id) if r["image_path"]]
+        out = []
+        for record in self.records(run_id):
+            path = self.image_file(record)
+            if path is not None:
+                with Image.open(path) as im:
+                    out.append(im.convert("RGB"))
+        return out
 
     # ---- writing -----------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """ParamError unless runs can be recorded here (checked before a run, so no image is lost)."""
+        import tempfile
+
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ParamError(f"log_dir {str(self.dir)!r} is a file, not a folder; pass a folder (created if missing)")
+        existing = self.dir
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ParamError(f"log_dir {str(self.dir)!r} cannot be created: {str(existing)!r} is a file")
+        for folder in (existing, self.dir / "images"):
+            if folder.is_dir():
+                try:
+                    tempfile.TemporaryFile(dir=folder).close()      # a real write: permissions, read-only mounts
+                except OSError as exc:
+                    raise ParamError(f"log_dir {str(self.dir)!r} is not writable ({exc.strerror}: {folder}); "
+                                     "pass a folder you can write to") from None
+        if self.path.exists():
+            try:
+                open(self.path, "ab").close()
+            except OSError as exc:
+                raise ParamError(f"log_dir {str(self.dir)!r}: {RECORDS} is not writable ({exc.strerror})") from None
+
     def add(self, run, context: dict) -> list[dict]:
         """Save a Run's images and append one record per image. Returns the records."""
         import datetime
@@ -148,8 +280,7 @@ class ExperimentLog:
                        image_path=None, image_sha256=None,
                        nsfw=(run.nsfw[i] if run.nsfw and i < len(run.nsfw) else None))
             if i < len(run.images):
-                rel = f"images/{run.run_id}-{i}.png"
-                self._save_png(run.images[i], self.dir / rel, params, i, context)
+                rel = self._save_png(run.images[i], f"{run.run_id}-{i}", params, i, context)
                 row.update(image_path=rel, image_sha256=file_sha256(self.dir / rel))
             rows.append({k: row.get(k) for k in COLUMNS})
         run.image_paths = [self.dir / r["image_path"] for r in rows if r["image_path"]]
@@ -157,7 +288,7 @@ class ExperimentLog:
         return rows
 
     def _append(self, rows: list[dict]) -> None:
-        payload = "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
+        payload = "".join(json.dumps(_finite(r), default=str, allow_nan=False) + "\n" for r in rows).encode()
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -182,8 +313,10 @@ class ExperimentLog:
             if not path.exists():
                 im.save(path)
 
-    @staticmethod
-    def _save_png(image, path: Path, params: GenerationParams, index: int, context: dict) -> None:
+    def _save_png(self, image, stem: str, params: GenerationParams, index: int, context: dict) -> str:
+        """Write images/<stem>.png; never replaces a file (another run's) already there. Returns its relative path."""
+        import secrets
+
         from PIL.PngImagePlugin import PngInfo
 
         one = params.replace(seed=params.seed + index, num_images=1, init_image=params.init_image) \
@@ -193,9 +326,20 @@ class ExperimentLog:
                                                  model_name=context["model"], model_hash=context["model_hash"]))
         info.add_text(JSON_KEY, json.dumps({"params": one.to_dict(), "run_context": {
             k: context[k] for k in ("model", "model_hash", "scheduler", "device", "dtype")}}))
-        tmp = path.with_suffix(".tmp")
+        folder = self.dir / "images"
+        tmp = folder / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
+        try:
+            for attempt in range(100):
+                name = f"{stem}.png" if attempt == 0 else f"{stem}-{attempt}.png"
+                try:
+                    os.link(tmp, folder / name)     # atomic and exclusive: fails if the name is taken
+                    return f"images/{name}"
+                except FileExistsError:
+                    continue
+            raise FileExistsError(f"{folder}: no free file name for {stem}.png")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # ---- using -------------------------------------------------------------------------
     def rerun(self, run_id: str, image_index: int | None = None, **changes):
@@ -224,6 +368,19 @@ class ExperimentLog:
         df = self.df.drop(columns=["params"])
         df.to_csv(path, index=False) if path.suffix == ".csv" else df.to_parquet(path)
         return path
+
+
+def _finite(value):
+    """NaN/inf (never valid, but never written as non-standard JSON either) -> None."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -266,5 +423,5 @@ class Comparison:
         for c in self.columns:
             style = ' style="background:#fff3b0;font-weight:bold"' if c in self.differing else ""
             cells = "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for r in self.rows)
-            body += f"<tr{style}><th>{c}</th>{cells}</tr>"
+            body += f"<tr{style}><th>{html.escape(str(c))}</th>{cells}</tr>"
         return f'<table class="sdw-compare"><tr><th></th>{heads}</tr><tr><th></th>{thumbs}</tr>{body}</table>'

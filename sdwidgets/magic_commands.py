@@ -63,6 +63,17 @@ def _assignments(name: str, args: list[str]) -> dict:
     return out
 
 
+def _stored_values(record: dict) -> dict:
+    """The template values a record was made with ({} when absent or damaged)."""
+    try:
+        values = json.loads(record["template_values"]) if record.get("template_values") else {}
+    except ValueError:
+        raise ParamError(f"rerun: the record's template_values is not JSON: {record['template_values'][:40]!r}") from None
+    if not isinstance(values, dict):
+        raise ParamError("rerun: the record's template_values is not a JSON object")
+    return values
+
+
 # ---- commands ---------------------------------------------------------------------------------
 
 
@@ -189,7 +200,7 @@ def cmd_rerun(magic, args):
     NAME=VALUE changes one thing: a {variable} of the run's prompt template (the prompt is
     expanded again), or seed, steps, cfg, sampler, size, strength, negative.
     """
-    from .magic_parse import Plan, expand
+    from .magic_parse import Plan, fill_template
     from .params import parse_infotext
     from .sweep import ALIASES, PARAMS
 
@@ -199,7 +210,7 @@ def cmd_rerun(magic, args):
     record = log.records(run_id)[0]
     params = log.params(run_id)
     template = record.get("prompt_template")
-    values = json.loads(record["template_values"]) if record.get("template_values") else {}
+    values = _stored_values(record)
     tags = {"source": "rerun", "rerun_of": run_id}
     changes, new_values = {}, {}
     for key, text in _assignments("rerun", args[1:]).items():
@@ -217,9 +228,8 @@ def cmd_rerun(magic, args):
         tags["template"] = template
         if values:
             tags["values"] = values
-        if new_values:
-            namespace = {**magic.shell.user_ns, **{k: v for k, v in values.items() if k.isidentifier()}, **new_values}
-            text, tags["values"] = expand(template, namespace)
+        if new_values:   # the stored template is data: only its plain {name} fields are filled, never evaluated
+            text, tags["values"] = fill_template(template, {**values, **new_values})
             _, prompt, negative = parse_infotext(text)
             changes.update(prompt=prompt, negative_prompt=negative or params.negative_prompt)
     params = params.replace(**changes)
@@ -326,3 +336,54 @@ def cmd_interrupt(magic, args):
     session.interrupt()
     print("interrupt requested: the run stops after the current step")
     return None
+
+
+@command("import", "import IMAGE_PATH")
+def cmd_import(magic, args):
+    """Read the parameters of an image (ours, A1111/Forge, ComfyUI, InvokeAI, NovelAI, Fooocus) into the next %%sd.
+
+    The next cell is filled with a %%sd cell that makes the same request; run it as is or edit it first.
+    What cannot be carried over is named in a warning.
+    """
+    from .params import GenerationParams
+
+    _arity("import", args, 1, 1)
+    params = GenerationParams.from_png(args[0])
+    cell = import_cell(params, magic.session)
+    magic.shell.set_next_input(cell, replace=False)
+    print(f"imported {args[0]}: the next cell is a %%sd with its parameters")
+    return None
+
+
+def import_cell(params, session) -> str:
+    """A %%sd cell (option line + prompt) that asks for what `params` describes."""
+    import shlex
+
+    options = []
+    if params.seed is not None:
+        options += ["--seed", str(params.seed)]
+    options += ["--steps", str(params.steps), "--cfg", f"{params.guidance_scale:g}"]
+    if params.scheduler:
+        options += ["--sampler", params.scheduler]
+    if params.width and params.height:
+        options += ["--size", f"{params.width}x{params.height}"]
+    if params.num_images > 1:
+        options += ["-n", str(params.num_images)]
+    if params.model:
+        try:
+            session.resolve(params.model)
+            options += ["--model", params.model]
+        except ParamError:
+            print(f"model {params.model!r} is not available here; the cell uses the default model")
+    known = session.loras(options[options.index("--model") + 1] if "--model" in options else None) \
+        if params.loras else {}
+    for name, strength in params.loras:
+        if name in known:
+            options += ["--lora", f"{name}:{strength:g}"]
+        else:
+            print(f"LoRA {name!r} is not loaded here; left out (add it with %sd lora load PATH {name})")
+    escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731 - literal braces, not templates
+    body = escape(params.prompt)
+    if params.negative_prompt:
+        body += "\nNegative prompt: " + escape(params.negative_prompt)
+    return "%%sd " + " ".join(shlex.quote(o) for o in options) + "\n" + body

@@ -108,6 +108,35 @@ def expand(text: str, namespace: dict, where: str = "prompt") -> tuple[str, dict
     return result, {k: _jsonable(v) for k, v in formatter.values.items()}
 
 
+def fill_template(text: str, values: dict, where: str = "rerun") -> tuple[str, dict]:
+    """Fill a stored template's plain `{name}` fields from `values`; nothing is evaluated.
+
+    A template read from a log is data from a stranger: any field that is not a bare name
+    (an expression, an attribute, an index, a conversion or a format spec) is refused.
+    """
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ParamError(f"{where}: the stored prompt template is malformed ({exc})") from None
+    out, used = [], {}
+    for literal, name, spec, conversion in parsed:
+        out.append(literal)
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            field = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ParamError(f"{where}: the stored prompt template has the field {{{field}}}, which is not a plain "
+                             "{name}; a template from a log is never evaluated, so only plain {name} fields can "
+                             "be filled (rerun without changing template values, or change prompt=... instead)")
+        if name not in values:
+            raise ParamError(f"{where}: no value for {{{name}}}; give it as {name}=VALUE")
+        used[name] = values[name]
+        out.append(str(values[name]))
+    return "".join(out), used
+
+
 def _jsonable(value):
     try:
         json.dumps(value)

@@ -50,7 +50,7 @@ class SDMagic(Magics):
                        help="tiny previews are upscaled (nearest) to at least this many pixels").tag(config=True)
     grid_cell_size = Int(160, min=16, help="minimum pixels of one cell of a sweep grid").tag(config=True)
     progress = Bool(True, help="show a tqdm progress bar (replaces the pipeline's own bar)").tag(config=True)
-    max_runs = Int(64, min=1, help="largest sweep (runs) a cell may start").tag(config=True)
+    max_runs = Int(64, min=1, help="most images a cell may make (a sweep's runs x images per run)").tag(config=True)
 
     @validate("sampler")
     def _check_sampler(self, proposal):
@@ -102,12 +102,12 @@ class SDMagic(Magics):
         if not cell.strip():
             raise ParamError("the cell is empty: write the prompt in the cell body, under %%sd")
         fields = template_fields(cell)
-        axes = parse_axes(args.sweep, set().union(*fields.values()) if fields else set())
-        n_runs = 1
+        axes = parse_axes(args.sweep, set().union(*fields.values()) if fields else set(), self.max_runs)
+        n_images = args.num_images or 1
         for axis in axes:
-            n_runs *= len(axis.values)
-        if n_runs > self.max_runs:
-            raise ParamError(f"--sweep: {n_runs} runs is more than SDMagic.max_runs={self.max_runs} "
+            n_images *= len(axis.values)
+        if n_images > self.max_runs:     # images, not runs: -n 8 with 16 seeds is 128 images
+            raise ParamError(f"{n_images} images in this cell is more than SDMagic.max_runs={self.max_runs} "
                              "(raise it with %config SDMagic.max_runs = N)")
         explicit = self._explicit(args, ns, self.session.log)
         defaults = self._defaults()
@@ -219,7 +219,7 @@ class SDMagic(Magics):
     @line_magic("sd")
     def sd_line(self, line: str):
         """`%sd COMMAND ...`: model, config, log, show, rerun, compare, loras, lora load, controls, unload,
-        dashboard, interrupt, help."""
+        dashboard, interrupt, import, help."""
         from .magic_commands import dispatch
 
         try:

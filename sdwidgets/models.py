@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFoundError, UnsafeModelError
+from .errors import ModelLoadError, ModelNotFoundError, ParamError, UnsafeModelError
 from .images import file_sha256
 from .validate import close_matches
 
@@ -128,7 +128,26 @@ def dtype_kwargs(dtype) -> dict:
 
 
 def load_pipeline(ref: ModelRef, *, torch_dtype, safety_checker: bool = True):
-    """Load a text-to-image pipeline for `ref` (AutoPipeline picks SD1/2, SDXL, SD3, ...)."""
+    """Load a text-to-image pipeline for `ref` (AutoPipeline picks SD1/2, SDXL, SD3, ...).
+
+    Local files that fail to load (truncated weights, broken JSON, a config of wrong types) are a
+    ModelLoadError naming the model, not a traceback from deep inside diffusers.
+    """
+    import torch
+
+    try:
+        return _load_pipeline(ref, torch_dtype=torch_dtype, safety_checker=safety_checker)
+    except (ParamError, MemoryError, torch.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if ref.kind == "hub":
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelLoadError(f"model {ref.name!r}: cannot load {ref.location!r} ({type(exc).__name__}: {detail}); "
+                             "the files look damaged or incomplete") from None
+
+
+def _load_pipeline(ref: ModelRef, *, torch_dtype, safety_checker: bool = True):
     import diffusers
 
     extra = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}

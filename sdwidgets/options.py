@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 
 from .errors import ParamError
@@ -31,6 +32,9 @@ class Options:
                     raise ParamError(f"cpu_offload must be one of {OFFLOAD_MODES}, got {value!r}")
             elif not isinstance(value, bool):
                 raise ParamError(f"{key} must be True or False, got {value!r}")
+            elif key == "xformers" and value and importlib.util.find_spec("xformers") is None:
+                raise ParamError("xformers=True needs the xformers package, which is not installed; "
+                                 "PyTorch's SDPA attention is used by default")
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:

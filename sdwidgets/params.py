@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ParamError
+from .errors import ParamError, ParamWarning
+from .limits import check_limit
 from .schedulers import SAMPLER_NAMES, check_sampler
 from .validate import check_int, check_number, load_image
 
@@ -56,14 +58,20 @@ class GenerationParams:
             if self.seed >= 2**63:
                 raise ParamError(f"seed must be < 2**63, got {self.seed}")
         set_("steps", check_int("steps", self.steps, 1))
+        check_limit("steps", "steps", self.steps)
         set_("guidance_scale", check_number("guidance_scale", self.guidance_scale, 0.0))
         set_("num_images", check_int("num_images", self.num_images, 1))
+        check_limit("images", "num_images", self.num_images)
+        if self.seed is not None and self.seed + self.num_images - 1 >= 2**63:
+            raise ParamError(f"seed + num_images - 1 must be < 2**63 (image i uses seed + i), got seed {self.seed} "
+                             f"with {self.num_images} images; use a seed below {2**63 - self.num_images + 1}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
                 value = check_int(name, value, 8)
                 if value % 8:
                     raise ParamError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8} or {value // 8 * 8 + 8})")
+                check_limit("side", name, value)
                 set_(name, value)
         # 3. Sampler
         if self.scheduler is not None:
@@ -187,41 +195,39 @@ class GenerationParams:
 
     @classmethod
     def from_infotext(cls, text: str) -> "GenerationParams":
-        """Parse A1111 'parameters' text (as written by A1111, Forge or us)."""
+        """Parse A1111 'parameters' text (as written by A1111, Forge or us); a ParamWarning names what is left out."""
         fields, prompt, negative = parse_infotext(text)
+        ignored = [k for k in fields if k not in _INFOTEXT_READ]
+        if ignored:
+            warnings.warn(f"not imported (no equivalent here): {', '.join(ignored)}", ParamWarning, stacklevel=2)
         return cls(prompt=prompt, negative_prompt=negative, **infotext_settings(fields))
 
     @classmethod
     def from_png(cls, path) -> "GenerationParams":
-        """Read params back from one of our PNGs (JSON chunk) or any A1111-style PNG (infotext).
+        """Read params from an image: ours (JSON chunk), A1111/Forge (PNG text or JPEG/WebP EXIF),
+        ComfyUI, InvokeAI, NovelAI, Fooocus (see sdwidgets.image_import).
 
         Init and control images are found next to the log (inputs/) when the PNG is ours.
         """
-        from PIL import Image
+        from .image_import import read_params
 
-        path = Path(path)
-        with Image.open(path) as im:
-            text = dict(im.text) if hasattr(im, "text") else dict(im.info)
-        if JSON_KEY in text:
-            data = json.loads(text[JSON_KEY])["params"]
-            from .images import stored_inputs
-
-            return cls.from_dict(data, stored_inputs(path.parent.parent / "inputs"))
-        if INFOTEXT_KEY in text:
-            return cls.from_infotext(text[INFOTEXT_KEY])
-        raise ParamError(f"{path}: no generation parameters found (no '{INFOTEXT_KEY}' or '{JSON_KEY}' text chunk)")
+        return read_params(path, cls)
 
 
 def infotext_settings(fields: dict) -> dict:
     """GenerationParams keyword arguments from A1111 fields (see parse_infotext).
 
-    Lenient: a field that does not parse, or a sampler we do not know, is left out.
+    Lenient: a field that does not parse, or a sampler we do not know, is left out with a
+    ParamWarning; a size that is not a multiple of 8 is rounded to the nearest one (warned).
     """
+    from .image_import import nearest_multiple_of_8
+
     readers = {
         "Seed": lambda v: {"seed": int(v)},
         "Steps": lambda v: {"steps": int(v)},
         "CFG scale": lambda v: {"guidance_scale": float(v)},
-        "Size": lambda v: dict(zip(("width", "height"), (int(x) for x in v.split("x", 1)))),
+        "Size": lambda v: {name: nearest_multiple_of_8(int(x), name, "Size") for name, x in
+                           zip(("width", "height"), v.split("x", 1))},
         "Model": lambda v: {"model": v},
         "Denoising strength": lambda v: {},     # only meaningful with the init image, which A1111 text lacks
         "Lora weights": lambda v: {"loras": {name.strip(): float(strength) for name, _, strength in
@@ -233,13 +239,24 @@ def infotext_settings(fields: dict) -> dict:
             try:
                 settings.update(read(fields[key]))
             except ValueError:
-                pass
+                warnings.warn(f"{key}: {str(fields[key])[:40]!r} does not parse; left out", ParamWarning, stacklevel=3)
     sampler = fields.get("Sampler")
-    if sampler and fields.get("Schedule type") == "Karras" and "Karras" not in sampler:
+    schedule = fields.get("Schedule type")
+    if sampler and schedule == "Karras" and "Karras" not in sampler:
         sampler = f"{sampler} Karras"   # A1111 >= 1.9 writes the schedule separately
+    elif schedule and schedule not in ("Karras", "Automatic"):
+        warnings.warn(f"Schedule type {schedule!r} is not mapped; {sampler or 'the sampler'} uses its default schedule",
+                      ParamWarning, stacklevel=3)
     if sampler in SAMPLER_NAMES:
         settings["scheduler"] = sampler
+    elif sampler:
+        warnings.warn(f"Sampler {sampler!r} has no equivalent here; the model's default sampler is used",
+                      ParamWarning, stacklevel=3)
     return settings
+
+
+_INFOTEXT_READ = {"Seed", "Steps", "CFG scale", "Size", "Model", "Model hash", "Denoising strength", "Lora weights",
+                  "Sampler", "Schedule type", "Version"}
 
 
 def _quote(value) -> str:
@@ -260,7 +277,10 @@ def parse_infotext(text: str) -> tuple[dict, str, str]:
         for key, value in _FIELD_RE.findall(last):
             value = value.strip()
             if value.startswith('"'):
-                value = json.loads(value)
+                try:
+                    value = json.loads(value)
+                except ValueError:      # quoted by hand, not JSON: keep the text between the quotes
+                    value = value.strip('"')
             fields[key.strip()] = value
     prompt, negative, in_negative = [], [], False
     for line in lines:

@@ -97,3 +97,22 @@ def sampler_name(scheduler) -> str:
         if candidate == cls_name and all(value(k, d) == overrides.get(k, d) for k, d in flags.items()):
             return name
     return cls_name
+
+
+def check_steps(scheduler, steps: int) -> None:
+    """ParamError, before denoising, if `scheduler` cannot run `steps` steps.
+
+    Most schedulers index tables of num_train_timesteps entries and fail on the last step
+    (IndexError) or give NaN from num_train_timesteps steps on; LCM/TCD refuse more than
+    their original_inference_steps. Trying set_timesteps on a copy catches the rest.
+    """
+    import copy
+
+    name = sampler_name(scheduler)
+    train = scheduler.config.get("num_train_timesteps")
+    if train and steps >= train:
+        raise ParamError(f"steps must be < {train} with {name} (the model's training timesteps), got {steps}")
+    try:
+        copy.deepcopy(scheduler).set_timesteps(steps)
+    except (ValueError, IndexError, AssertionError) as exc:
+        raise ParamError(f"steps: {name} cannot run {steps} steps ({exc})") from None

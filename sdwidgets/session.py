@@ -23,7 +23,7 @@ from .options import apply as apply_options
 from .params import GenerationParams
 from .preview import StepRecorder, factors_for
 from .run import Run
-from .schedulers import make_scheduler, sampler_name
+from .schedulers import check_steps, make_scheduler, sampler_name
 from .validate import close_matches
 
 DEFAULT_LOG_DIR = "sd-runs"
@@ -56,11 +56,13 @@ class Session:
 
     def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
                  allow_unsafe: bool = False, **options):
+        self._device, self._dtype = device, dtype
         self.options = Options().update(**options)
+        self._check_offload(self.options)
         self.default_model = model
         self.allow_unsafe = allow_unsafe
         self.log = ExperimentLog(log_dir, session=self)
-        self._device, self._dtype = device, dtype
+        self.log.check_writable()       # a file or a read-only folder fails here, not after a run
         self._models: dict[str, LoadedModel] = {}
         self._loras: dict[str, LoraInfo] = {}
         self._controlnet_sources: dict[tuple[str, str], str] = {}
@@ -142,15 +144,32 @@ class Session:
         return [m.ref.name for m in self._models.values()]
 
     def set_options(self, **changes) -> Options:
-        """Change memory/speed options; applied to every loaded pipeline, never reloading weights."""
-        self.options = self.options.update(**changes)
+        """Change memory/speed options; applied to every loaded pipeline, never reloading weights.
+
+        All or nothing: if an option cannot be applied, the previous options stay (and are re-applied).
+        """
+        previous, wanted = self.options, self.options.update(**changes)
+        self._check_offload(wanted)
+        try:
+            self._apply_options(wanted, changes)
+        except Exception:
+            self._apply_options(previous, {})
+            raise
+        return self.options
+
+    def _apply_options(self, options: Options, changes: dict) -> None:
+        self.options = options
         for loaded in self._models.values():
-            if "safety_checker" in changes and not self.options.safety_checker:
+            if "safety_checker" in changes and not options.safety_checker:
                 loaded.pipe.safety_checker = None
             for pipe in [loaded.pipe, *loaded.variants.values()]:
-                apply_options(pipe, self.options, self.device)
-                pipe.set_progress_bar_config(disable=not self.options.progress, leave=False)
-        return self.options
+                apply_options(pipe, options, self.device)
+                pipe.set_progress_bar_config(disable=not options.progress, leave=False)
+
+    def _check_offload(self, options: Options) -> None:
+        if options.cpu_offload is not None and not self.device.startswith(("cuda", "xpu", "mps")):
+            raise ParamError(f"cpu_offload={options.cpu_offload!r} moves weights between the CPU and an accelerator; "
+                             f"this session runs on {self.device!r}, where it cannot help: leave cpu_offload=None")
 
     # ---- LoRA and ControlNet sources ---------------------------------------------------------
     def load_lora(self, path, name: str | None = None) -> LoraInfo:
@@ -222,6 +241,7 @@ class Session:
             raise ParamError(f"preview must be one of both, x0, noisy, none; got {preview!r}")
         if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
             raise ParamError(f"preview_every must be a positive integer, got {preview_every!r}")
+        self.log.check_writable()
         ref = self.resolve(params.model)
         self._check_loras(ref, params)
         self._check_controls(ref, params)
@@ -277,6 +297,7 @@ class Session:
         apply_strengths(pipe, loaded.loras, params.loras)
         apply_options(pipe, self.options, self.device)
         scheduler = make_scheduler(params.scheduler, loaded.original_scheduler)
+        check_steps(scheduler, params.steps)      # before denoising, not at its last step
         params = params.replace(width=width, height=height)     # the log records the size that ran
         run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
                   pipeline_class=type(pipe).__name__, tags=dict(tags))
@@ -440,7 +461,9 @@ def quiet_loading():
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    """Sortable by time, unique across processes: 48 random bits (2,000 ids drawn at once collide
+    with odds of about 1e-8; the log also never overwrites a file)."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
 _default: Session | None = None

@@ -92,8 +92,15 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def parse_axis(spec: str, template_names: set[str]) -> Axis:
-    """`name=v1,v2,...` (ints also `a..b`) -> Axis; ParamError naming what is accepted."""
+def parse_axis(spec: str, template_names: set[str], max_values: int | None = None) -> Axis:
+    """`name=v1,v2,...` (ints also `a..b`) -> Axis; ParamError naming what is accepted.
+
+    The number of values is checked against max_values (and the sweep_values limit) before a
+    range is expanded, so `seed=1..300000000` fails at once instead of building the list.
+    """
+    from .limits import LIMITS, limit
+
+    top = min(limit("sweep_values"), max_values or limit("sweep_values"))
     name, sep, raw = spec.partition("=")
     name = name.strip()
     if not sep or not name or not raw.strip():
@@ -114,6 +121,11 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
             start, stop = parse_int(lo, f"--sweep {name} range start", 0), parse_int(hi, f"--sweep {name} range end", 0)
             if stop < start:
                 raise ParamError(f"--sweep {name}: range {item!r} is empty (write low..high)")
+            if len(values) + stop - start + 1 > top:
+                lift = (f"SDMagic.max_runs={max_values} (raise it with %config SDMagic.max_runs = N)"
+                        if max_values is not None and max_values <= limit("sweep_values")
+                        else f"the {LIMITS['sweep_values'][1]} limit of {top} values")
+                raise ParamError(f"--sweep {name}: {len(values) + stop - start + 1} values is more than {lift}")
             values.extend(range(start, stop + 1))
         else:
             try:
@@ -125,8 +137,8 @@ def parse_axis(spec: str, template_names: set[str]) -> Axis:
     return Axis(name, values, kind)
 
 
-def parse_axes(specs: list[str], template_names: set[str]) -> list[Axis]:
-    axes = [parse_axis(s, template_names) for s in specs]
+def parse_axes(specs: list[str], template_names: set[str], max_values: int | None = None) -> list[Axis]:
+    axes = [parse_axis(s, template_names, max_values) for s in specs]
     if len(axes) > MAX_AXES:
         raise ParamError(f"--sweep: at most {MAX_AXES} sweeps (a row or an X/Y grid), got {len(axes)}")
     if len(axes) == 2 and axes[0].name == axes[1].name:

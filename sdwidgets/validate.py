@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,12 @@ def load_image(value: Any, field_name: str):
         if not path.is_file():
             raise ParamError(f"{field_name}: no such image file: {str(path)!r}")
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
+            with warnings.catch_warnings():     # a decompression bomb is refused, not half-decoded
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    return im.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ParamError(f"{field_name}: {str(path)!r} is too large to decode safely ({exc})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise ParamError(f"{field_name}: cannot read {str(path)!r} as an image ({exc})") from None
     raise ParamError(f"{field_name} must be a PIL image, a numpy array or an image path, got {type(value).__name__}")

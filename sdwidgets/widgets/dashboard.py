@@ -19,6 +19,7 @@ from .builder import PromptBuilder
 from .controlnet import ControlPanel
 from .explainer import ExplainerPanel
 from .img2img import Img2ImgPanel
+from .image_import import ImageImportPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
@@ -51,8 +52,9 @@ class Dashboard(Panel):
         self.lora = LoraPanel(session)
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
+        self.importer = ImageImportPanel(session)    # "load parameters from an image"
         self.panels = [self.prompt, self.builder, self.live, self.actions, self.scrubber, self.img2img,
-                       self.controlnet, self.lora, self.log, self.explainer]
+                       self.controlnet, self.lora, self.log, self.explainer, self.importer]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -72,13 +74,14 @@ class Dashboard(Panel):
             bar.on_img2img(self.send_to_img2img)
             bar.on_control(self.send_to_controlnet)
             bar.on_seed(self.reuse_seed)
+        self.importer.on_params(self.prompt.fill)
 
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
         self.tabs = tabs = W.Tab(children=[self.scrubber.root, self.img2img.root, self.controlnet.root,
                                            self.lora.root, self.log.root, self.explainer.root],
                                  titles=TABS)
-        left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
+        left = W.VBox([self.prompt.root, self.importer.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
         right = W.VBox([self.live.root, self.actions.root], layout=W.Layout(flex="1 1 auto"))
         self.root = W.VBox([W.HBox([left, right]), tabs], layout=W.Layout(width="100%"))

@@ -71,20 +71,31 @@ class LogPanel(Panel):
                 self.select.options = options
                 self.select.value = tuple(v for v in kept if v in {o[1] for o in options})
             self.table.value = self._table_html(rows)
+            shown = set(self._thumbs) & {self._thumb_key(r) for r in rows}
+            self._thumbs = {k: self._thumbs[k] for k in shown}     # only the rows on show: no growth over a session
         finally:
             self._refreshing = False
 
+    def _thumb_key(self, record):
+        try:
+            return self.session.log.image_file(record)
+        except ValueError:
+            return None
+
     def _thumb(self, record) -> str:
-        path = record.get("image_path")
-        if not path:
+        try:
+            path = self.session.log.image_file(record)   # refuses a path outside the log folder
+        except ValueError:
+            return "⚠"
+        if path is None:
             return ""
         if path not in self._thumbs:
             from PIL import Image
 
             try:
-                with Image.open(self.session.log.dir / path) as im:
+                with Image.open(path) as im:
                     self._thumbs[path] = data_url(im.convert("RGB").resize((THUMB, THUMB), Image.NEAREST))
-            except OSError:
+            except (OSError, Image.DecompressionBombError):
                 return ""
         return f'<img src="{self._thumbs[path]}" width="{THUMB}" style="image-rendering:pixelated"/>'
 
@@ -95,11 +106,12 @@ class LogPanel(Panel):
                                                  "s", "status"))
         body = ""
         for r in rows:
-            loras = ", ".join(f"{k}:{v:g}" for k, v in json.loads(r.get("loras") or "{}").items())
-            cells = [self._thumb(r), html.escape(shorten(r["prompt"], 40)), r["seed"], r["scheduler"], r["steps"],
-                     f'{r["guidance_scale"]:g}', html.escape(loras), r["created"].strftime("%H:%M:%S"),
-                     f'{r["duration_s"]:.2f}', r["status"]]
-            body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            # every value comes from a file someone may have crafted: escape all of it
+            cells = [shorten(str(r["prompt"] or ""), 40), r["seed"], r["scheduler"], r["steps"],
+                     _num(r["guidance_scale"], "g"), _loras(r.get("loras")), r["created"].strftime("%H:%M:%S"),
+                     _num(r["duration_s"], ".2f"), r["status"]]
+            body += f"<tr><td>{self._thumb(r)}</td>" + "".join(
+                f"<td>{html.escape(str(c if c is not None else ''))}</td>" for c in cells) + "</tr>"
         return (f'<table class="sdw-log" style="font-size:11px;border-collapse:collapse"><tr>{head}</tr>'
                 f"{body}</table>")
 
@@ -117,7 +129,7 @@ class LogPanel(Panel):
         try:
             record = self.session.log.records(run_id)[0]
             images = self.session.log.images(run_id)
-        except (KeyError, OSError) as exc:
+        except (KeyError, OSError, ValueError) as exc:
             self.details.value = message(short_error(exc), "error")
             return
         if images:
@@ -126,7 +138,7 @@ class LogPanel(Panel):
         self.actions.show(images, [self.session.log.dir / r["image_path"] for r in rows], [r["seed"] for r in rows],
                           run_id)
         p = record["params"]
-        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in p.items() if v not in (None, "", [], {}) and k != "init_image_sha256")
         self.details.value = f'<table style="font-size:11px">{rows}</table>'
 
@@ -161,6 +173,18 @@ class LogPanel(Panel):
         super().close()
 
 
+def _num(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else ""
+
+
+def _loras(text) -> str:
+    try:
+        loras = json.loads(text or "{}")
+        return ", ".join(f"{k}:{_num(v, 'g')}" for k, v in loras.items())
+    except (ValueError, AttributeError):
+        return "?"
+
+
 def label(record: dict) -> str:
     return (f'{record["created"].strftime("%H:%M:%S")} · seed {record["seed"]} · {record["scheduler"]} · '
-            f'{record["steps"]} steps · CFG {record["guidance_scale"]:g} · {shorten(record["prompt"], 50)}')
+            f'{record["steps"]} steps · CFG {_num(record["guidance_scale"], "g")} · {shorten(str(record["prompt"] or ""), 50)}')
