@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import secrets
+import sys
 import threading
 import time
 import warnings
@@ -41,6 +42,7 @@ class LoadedModel:
     variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
+    compiled_shapes: set = field(default_factory=set)  # (pipeline, width, height, batch) compiled for
 
     @property
     def weights_hash(self) -> str:
@@ -283,6 +285,7 @@ class Session:
         self._load_loras(loaded, params)
         apply_strengths(pipe, loaded.loras, params.loras)
         apply_options(pipe, self.options, self.device)
+        self._tell_if_compiling(loaded, pipe, width, height, params.batches)
         scheduler = make_scheduler(params.scheduler, loaded.original_scheduler)
         params = params.replace(width=width, height=height)     # the log records the size that ran
         run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
@@ -331,6 +334,18 @@ class Session:
                 raise error from None
             raise error
         return run
+
+    def _tell_if_compiling(self, loaded: LoadedModel, pipe, width: int, height: int, batches: list) -> None:
+        """torch.compile works at the first call for each shape: say so, once per model and shape."""
+        if not (self.options.compile or self.options.fast):
+            return
+        shapes = {(type(pipe).__name__, width, height, n) for n in batches} - loaded.compiled_shapes
+        if shapes:
+            loaded.compiled_shapes |= shapes
+            if self.options.progress:
+                sizes = ", ".join(sorted({f"{w}x{h} x{n}" for _, w, h, n in shapes}))
+                print(f"sdwidgets: compiling the denoiser for {sizes} (first run only; later runs reuse it)",
+                      file=sys.stderr, flush=True)
 
     def _variant(self, loaded: LoadedModel, params: GenerationParams):
         """txt2img is the loaded pipe; img2img/ControlNet pipes reuse its components (from_pipe)."""
