@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--size", help="WxH")
     gen.add_argument("--sampler")
     gen.add_argument("-n", "--num-images", type=int, default=1)
+    gen.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default: all)")
     gen.add_argument("--model")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME[:STRENGTH]")
     gen.add_argument("--control", action="append", default=[], metavar="KIND:IMAGE[:SCALE]")
@@ -130,7 +131,7 @@ def run_generate(args) -> int:
     s = Session(log_dir=args.log_dir, model=args.model)
     run = s.generate(args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
                      guidance_scale=args.cfg, width=width, height=height, scheduler=args.sampler,
-                     num_images=args.num_images, loras=dict(parse_lora(t) for t in args.lora),
+                     num_images=args.num_images, batch_size=args.batch_size, loras=dict(parse_lora(t) for t in args.lora),
                      controls=[parse_control(t, {}) for t in args.control], init_image=args.init,
                      strength=args.strength, tags={"source": "cli"})
     print(run.caption())

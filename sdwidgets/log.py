@@ -25,7 +25,7 @@ from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
 RECORDS = "records.jsonl"
 COLUMNS = [
-    "run_id", "image_index", "created", "status", "model", "model_hash", "pipeline", "prompt",
+    "run_id", "image_index", "batch_index", "batch_size", "created", "status", "model", "model_hash", "pipeline", "prompt",
     "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "width", "height", "loras",
     "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype",
     "torch_version", "diffusers_version", "image_path", "image_sha256", "safety_checker", "nsfw",
@@ -35,7 +35,8 @@ _TAG_COLUMNS = {"source": "source", "template": "prompt_template", "values": "te
 
 # What a record read from a file must look like (records are data from strangers).
 _REQUIRED = ("run_id", "image_index", "created", "params")
-_INTS = ("image_index", "seed", "steps", "width", "height")
+# every column that is not text is named here (check_record refuses any other type)
+_INTS = ("image_index", "batch_index", "batch_size", "seed", "steps", "width", "height")
 _NUMBERS = ("guidance_scale", "strength", "duration_s", "peak_memory_mb")
 _FLAGS = ("safety_checker", "nsfw")
 
@@ -274,8 +275,13 @@ class ExperimentLog:
         base["init_image_sha256"] = params_dict["init_image_sha256"]
         rows = []
         n_rows = max(len(run.images), params.num_images)
+        # the batch layout: image i was made in call batch_of[i] of batch_sizes[batch_of[i]] images
+        batch_sizes = params.batches
+        batch_of = [b for b, size in enumerate(batch_sizes) for _ in range(size)]
         for i in range(n_rows):
-            row = dict(base, run_id=run.run_id, image_index=i, seed=params.seed + i,
+            b = batch_of[min(i, len(batch_of) - 1)]
+            row = dict(base, run_id=run.run_id, image_index=i, batch_index=b, batch_size=batch_sizes[b],
+                       seed=params.seed + i,
                        width=context["width"], height=context["height"], params=params_dict,
                        image_path=None, image_sha256=None,
                        nsfw=(run.nsfw[i] if run.nsfw and i < len(run.nsfw) else None))

@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--size", type=_size, metavar="WxH", help="image size in pixels, multiples of 8 (default: the model's)")
     add("--sampler", type=_sampler, help='A1111 sampler name, quoted: "Euler a", "DPM++ 2M Karras", ...')
     add("-n", "--num-images", dest="num_images", type=_typed(_positive, "a positive integer"), help="images per run")
+    add("--batch-size", dest="batch_size", type=_typed(_positive, "a positive integer"),
+        help="images per pipeline call (default: all of the run's images in one call)")
     add("--model", help="builtin alias, diffusers folder, .safetensors file or hub id")
     add("--negative", help="negative prompt (overrides a 'Negative prompt:' line)")
     add("--lora", action="append", default=[], metavar="NAME[:STRENGTH]", help="use a LoRA (repeatable)")

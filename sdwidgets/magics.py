@@ -156,7 +156,7 @@ class SDMagic(Magics):
     @staticmethod
     def _explicit(args, ns, log=None) -> dict:
         out = {"seed": args.seed, "steps": args.steps, "guidance_scale": args.cfg, "scheduler": args.sampler,
-               "num_images": args.num_images, "model": args.model, "negative_prompt": args.negative,
+               "num_images": args.num_images, "batch_size": args.batch_size, "model": args.model, "negative_prompt": args.negative,
                "strength": args.strength}
         if args.size:
             out["width"], out["height"] = args.size
@@ -304,13 +304,15 @@ class LiveView:
         if self.bar is not None and total * self.num_images != self.run_total:
             self.bar.total += total * self.num_images - self.run_total
             self.run_total = total * self.num_images
-        self._advance(self.done + self.image * total + step)
+        count = getattr(recorder, "batch_count", 1)      # images denoised together in this call
+        self._advance(self.done + self.image * total + step * count)
         now = time.monotonic()
         if self.handle is None or now - self.last_update < self.interval or recorder.latest is None:
             return
         where = [f"run {self.run_index}/{self.total_runs}", self.label] if self.total_runs > 1 else []
         if self.num_images > 1:
-            where.append(f"image {self.image + 1}/{self.num_images}")
+            which = f"{self.image + 1}" if count == 1 else f"{self.image + 1}-{self.image + count}"
+            where.append(f"image {which}/{self.num_images}")
         text = " · ".join([*where, f"step {step}/{total}"])
         self.handle.update(_Frame(recorder.latest, text, self.size))
         self.last_update, self.updates = time.monotonic(), self.updates + 1

@@ -19,6 +19,8 @@ class Options:
     xformers: bool = False
     compile: bool = False               # torch.compile the denoiser (opt-in: slow first run)
     channels_last: bool = False
+    fast: bool = False                  # the fast path: fused QKV, channels_last, compile, LoRA without recompiles
+    compile_backend: str = "inductor"   # torch.compile backend ("eager" traces without generating code)
     safety_checker: bool = True         # keep the model's checker as diffusers loads it
     progress: bool = True               # tqdm progress bars
 
@@ -30,6 +32,9 @@ class Options:
             if key == "cpu_offload":
                 if value not in OFFLOAD_MODES:
                     raise ParamError(f"cpu_offload must be one of {OFFLOAD_MODES}, got {value!r}")
+            elif key == "compile_backend":
+                if not isinstance(value, str) or not value:
+                    raise ParamError(f"compile_backend must be a torch.compile backend name like 'inductor', got {value!r}")
             elif not isinstance(value, bool):
                 raise ParamError(f"{key} must be True or False, got {value!r}")
             elif key == "xformers" and value and importlib.util.find_spec("xformers") is None:
@@ -88,10 +93,11 @@ def apply(pipe, options: Options, device: str) -> None:
         elif applied.get("xformers") is not None:
             pipe.disable_xformers_memory_efficient_attention()
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if changed("channels_last", options.channels_last) and denoiser is not None:
+    channels_last = options.channels_last or options.fast
+    if changed("channels_last", channels_last) and denoiser is not None:
         import torch
 
-        denoiser.to(memory_format=torch.channels_last if options.channels_last else torch.contiguous_format)
+        denoiser.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if changed("cpu_offload", options.cpu_offload):
         pipe.remove_all_hooks()
         if options.cpu_offload == "model":
@@ -100,8 +106,10 @@ def apply(pipe, options: Options, device: str) -> None:
             pipe.enable_sequential_cpu_offload(device=device)
         else:
             pipe.to(device)
-    if options.compile and not applied.get("compile") and denoiser is not None:
-        import torch
+    if denoiser is not None:
+        from . import fast
 
-        applied["compile"] = True
-        denoiser.compile()      # in-place nn.Module.compile keeps state-dict keys (LoRA loading still works)
+        fast.set_fused_qkv(denoiser, options.fast)      # re-checked each run: unfused once a LoRA loads
+        if options.fast and getattr(denoiser, "peft_config", None):
+            fast.keep_lora_scalings_as_tensors(denoiser)
+        fast.set_compiled(denoiser, options.compile or options.fast, options.compile_backend)

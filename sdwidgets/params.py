@@ -36,6 +36,7 @@ class GenerationParams:
     height: int | None = None
     scheduler: str | None = None
     num_images: int = 1
+    batch_size: int | None = None        # images per pipeline call (None: all in one call)
     model: str | None = None
     loras: tuple[tuple[str, float], ...] = ()
     controls: tuple = ()                 # tuple[Control, ...]
@@ -65,6 +66,8 @@ class GenerationParams:
         if self.seed is not None and self.seed + self.num_images - 1 >= 2**63:
             raise ParamError(f"seed + num_images - 1 must be < 2**63 (image i uses seed + i), got seed {self.seed} "
                              f"with {self.num_images} images; use a seed below {2**63 - self.num_images + 1}")
+        if self.batch_size is not None:
+            set_("batch_size", check_int("batch_size", self.batch_size, 1))
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
@@ -132,6 +135,12 @@ class GenerationParams:
             return "controlnet-img2img" if self.init_image is not None else "controlnet"
         return "img2img" if self.init_image is not None else "txt2img"
 
+    @property
+    def batches(self) -> list[int]:
+        """Images per pipeline call, in order: the batch layout (image i used seed + i)."""
+        size = min(self.batch_size or self.num_images, self.num_images)
+        return [min(size, self.num_images - start) for start in range(0, self.num_images, size)]
+
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
@@ -150,6 +159,7 @@ class GenerationParams:
             "height": self.height,
             "scheduler": self.scheduler,
             "num_images": self.num_images,
+            "batch_size": self.batch_size,
             "model": self.model,
             "loras": dict(self.loras),
             "controls": [c.to_dict() for c in self.controls],
@@ -164,6 +174,7 @@ class GenerationParams:
 
         images = images or {}
         data = dict(data)
+        data.setdefault("batch_size", 1)    # records from before batching made one image per call
         init_sha = data.pop("init_image_sha256", None)
         controls = [Control.from_dict(c, images) for c in data.pop("controls", [])]
         init = None

@@ -44,8 +44,13 @@ class LatentRGB:
 
     def to_images(self, latents):
         """[B, C, h, w] tensor -> list of PIL images at latent resolution."""
+        from .hostcopy import rgb8_to_images
+
+        return rgb8_to_images(self.to_rgb8(latents))
+
+    def to_rgb8(self, latents):
+        """[B, C, h, w] tensor -> [B, h, w, 3] uint8 tensor on the same device (no device sync)."""
         import torch
-        from PIL import Image
 
         key = (latents.device, latents.dtype)
         if key not in self._cache:
@@ -53,8 +58,7 @@ class LatentRGB:
                                 torch.tensor(self.bias, device=latents.device, dtype=latents.dtype))
         factors, bias = self._cache[key]
         rgb = torch.einsum("bchw,cr->bhwr", latents, factors) + bias
-        pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return [Image.fromarray(p) for p in pixels]
+        return ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
     def save(self, path):
         Path(path).write_text(json.dumps({"factors": self.factors, "bias": self.bias}, indent=1))
@@ -125,12 +129,14 @@ def fit_latent_rgb(vae, images=None, latents=None, ridge: float = 0.03, n: int =
 class StepRecorder:
     """`callback_on_step_end` that records previews and honours interrupts.
 
-    Images of a run are denoised one after another (each bit-identical to a lone run
-    with its seed); `start_image` is called before each. Every `every` steps the
-    recorder keeps the x0 preview and the noisy-latent preview of the current image;
-    `frames` / `noisy_frames` give one picture per recorded step with the images
-    side by side. `listeners` are called with the recorder after each recorded step
-    (live displays); they run on the generating thread.
+    A run makes its images in batches (one pipeline call each); `start_batch` is called
+    before each. Every `every` steps the recorder keeps the x0 preview and the
+    noisy-latent preview of every image of the batch; `frames` / `noisy_frames` give one
+    picture per recorded step with the images side by side. `listeners` are called with
+    the recorder after each recorded step (live displays); they run on the generating
+    thread and see previews one step late (`latest`): a preview's device->host copy is
+    left in flight for a step so the loop never waits for the device (see hostcopy).
+    Nothing is captured when nothing is kept (keep="none") and no decode is asked for.
     """
 
     latent_rgb: LatentRGB
@@ -146,22 +152,40 @@ class StepRecorder:
     step_times: list = field(default_factory=list)
     preview_seconds: float = 0.0
     interrupted: bool = False
-    image_index: int = 0
+    image_index: int = 0                # first image of the batch being denoised
+    batch_count: int = 1                # images in that batch
 
     def __post_init__(self):
+        from .hostcopy import PendingCopies
+
         self._x0 = None
         self._t_last = time.perf_counter()
         self._frames: list[list] = []       # per image: x0 previews by recorded step
         self._noisy: list[list] = []
-        self._decoded: list[dict] = []
+        self._decoded: list[dict] = []      # per image: step -> exact decode
+        self._copies = PendingCopies()
+
+    @property
+    def captures(self) -> bool:
+        """Whether the scheduler's step is wrapped to capture x0 (only when something uses it)."""
+        return self.keep in ("x0", "both") or bool(self.decode_every)
 
     def start_image(self, index: int, scheduler):
-        """Begin image `index`; wraps the (fresh) scheduler's step to capture the predicted x0."""
-        self.image_index = index
-        self._frames.append([])
-        self._noisy.append([])
-        self._decoded.append({})
+        """Begin image `index` alone (a batch of one)."""
+        return self.start_batch(index, 1, scheduler)
+
+    def start_batch(self, first: int, count: int, scheduler):
+        """Begin images first .. first+count-1 in one call; wraps the run's own (fresh) scheduler's
+        step to capture the predicted x0. The scheduler belongs to this run, never to the pipeline."""
+        self.finish()
+        self.image_index, self.batch_count = first, count
+        for series in (self._frames, self._noisy, self._decoded):
+            while len(series) < first + count:
+                series.append({} if series is self._decoded else [])
         self._x0 = None
+        self._t_last = time.perf_counter()
+        if not self.captures:
+            return scheduler
         step = scheduler.step
 
         @functools.wraps(step)  # keeps the signature: pipelines pass `generator` only if step() takes it
@@ -175,8 +199,15 @@ class StepRecorder:
             return out
 
         scheduler.step = step_and_capture
-        self._t_last = time.perf_counter()
         return scheduler
+
+    def finish(self) -> None:
+        """Resolve the preview still in flight and any deferred timesteps (one wait, at the end)."""
+        self._copies.resolve()
+        for values in (self.timesteps, self.sigmas):
+            for k, value in enumerate(values):
+                if value is not None and not isinstance(value, float):
+                    values[k] = float(value)
 
     def __call__(self, pipe, i, t, callback_kwargs):
         now = time.perf_counter()
@@ -189,11 +220,16 @@ class StepRecorder:
         last = step == self.total_steps
         decoded = bool(self.decode_every) and (step % self.decode_every == 0 or last)
         if decoded:   # before the listeners, so a live view shows this step's decode
+            from . import latents as L
+
             x0 = self._x0 if self._x0 is not None else callback_kwargs["latents"]
-            self._decoded[-1][step] = decode_latents(pipe, x0)
+            for k, image in enumerate(L.to_images(L.decode(pipe.vae, x0))):
+                self._decoded[self.image_index + k][step] = image
         recorded = self.keep != "none" and (step % self.every == 0 or last)
         if recorded:
             self._record(pipe, step, t, callback_kwargs["latents"])
+            if last and self.listeners:
+                self._copies.resolve()     # the final preview is shown, not left for the next run
         if recorded or decoded:
             for listener in list(self.listeners):
                 listener(self)
@@ -204,32 +240,41 @@ class StepRecorder:
         t0 = time.perf_counter()
         import torch
 
+        from .hostcopy import host_scalar
+
         x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
-        series = []     # (frames list, latents) for each kept preview
+        batch = range(self.image_index, self.image_index + self.batch_count)
+        series, targets = [], []    # latents of each kept preview, and the frame list of each row
         if self.keep in ("x0", "both"):
-            series.append((self._frames[-1], x0 if x0 is not None else latents))
+            series.append(x0 if x0 is not None else latents)
+            targets += [self._frames[k] for k in batch]
         if self.keep in ("noisy", "both"):
-            series.append((self._noisy[-1], latents))
-        # both previews in one conversion: on a GPU each device->host copy waits for the GPU
-        images = self.latent_rgb.to_images(torch.cat([lat[:1] for _, lat in series]))
-        for (frames, _), image in zip(series, images):
-            frames.append(image)
+            series.append(latents)
+            targets += [self._noisy[k] for k in batch]
+        scalars = []
         if self.image_index == 0:
             self.steps.append(step)
-            self.timesteps.append(float(t))
+            self.timesteps.append(host_scalar(t))
             sigmas = getattr(pipe.scheduler, "sigmas", None)
             index = getattr(pipe.scheduler, "step_index", None)
             ok = sigmas is not None and index is not None and index < len(sigmas)
-            self.sigmas.append(float(sigmas[index]) if ok else None)
+            self.sigmas.append(host_scalar(sigmas[index]) if ok else None)
+            scalars = [(values, len(values) - 1, values[-1]) for values in (self.timesteps, self.sigmas)
+                       if values[-1] is not None and not isinstance(values[-1], float)]
+        # every preview of the step in one conversion and one device->host copy, resolved a step later
+        rgb8 = _to_rgb8(self.latent_rgb, torch.cat([lat[: self.batch_count] for lat in series]))
+        self._copies.submit(rgb8, targets, scalars)
         self.preview_seconds += time.perf_counter() - t0
 
     @property
     def frames(self) -> list:
         """x0 previews, one per recorded step, images side by side."""
+        self._copies.resolve()
         return _side_by_side(self._frames)
 
     @property
     def noisy_frames(self) -> list:
+        self._copies.resolve()
         return _side_by_side(self._noisy)
 
     @property
@@ -239,11 +284,23 @@ class StepRecorder:
 
     @property
     def latest(self):
-        """The newest preview of the image being denoised."""
+        """The newest shown preview of the batch being denoised (images side by side)."""
+        batch = range(self.image_index, self.image_index + self.batch_count)
         for series in (self._frames, self._noisy):
-            if series and series[-1]:
-                return series[-1][-1]
+            shown = [series[k][-1] for k in batch if k < len(series) and series[k]]
+            if shown:
+                return shown[0] if len(shown) == 1 else grid(shown, pad=0)
         return None
+
+
+def _to_rgb8(latent_rgb, latents):
+    """The device-side preview; a preview method without `to_rgb8` is converted at once."""
+    if hasattr(latent_rgb, "to_rgb8"):
+        return latent_rgb.to_rgb8(latents)
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in latent_rgb.to_images(latents)]))
 
 
 def _side_by_side(per_image: list[list]) -> list:

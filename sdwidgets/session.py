@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import secrets
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from .controlnet import HUB_CONTROLNETS, model_family
@@ -36,11 +38,25 @@ class LoadedModel:
     ref: ModelRef
     pipe: object                                    # text-to-image pipeline
     original_scheduler: object                      # the model's own, pristine
-    weights_hash: str
+    hash_future: object                             # concurrent.futures.Future of the content hash
     latent_rgb: object
     variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
+    compiled_shapes: set = field(default_factory=set)  # (pipeline, width, height, batch) compiled for
+
+    @property
+    def weights_hash(self) -> str:
+        """The content hash of the weight files (waits for the background hashing if still running)."""
+        try:
+            return self.hash_future.result()
+        except OSError as exc:     # an unreadable file costs the hash, not the run's record
+            warnings.warn(f"model {self.ref.name}: could not hash the weight files ({exc})", stacklevel=2)
+            return ""
+
+    @property
+    def hash_ready(self) -> bool:
+        return self.hash_future.done()
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -104,14 +120,18 @@ class Session:
     def _load(self, ref: ModelRef) -> LoadedModel:
         if ref.key in self._models:
             return self._models[ref.key]
+        # the content hash reads every weight file: in the background, so the first image never waits
+        # for it (a hub model is hashed from its local snapshot, which exists once it has loaded)
+        hashing = None if ref.kind == "hub" else _hash_in_background(ref)
         with quiet_loading():      # the caller says "loading model…"; the libraries' bars would stay behind
             pipe = load_pipeline(ref, torch_dtype=self.dtype, safety_checker=self.options.safety_checker)
+        hashing = hashing or _hash_in_background(ref)
         self.loads += 1
         pipe.set_progress_bar_config(disable=not self.options.progress, leave=False)
         if self.options.cpu_offload is None:
             pipe.to(self.device)
         apply_options(pipe, self.options, self.device)
-        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref), factors_for(pipe, builtin_assets(ref)))
+        loaded = LoadedModel(ref, pipe, pipe.scheduler, hashing, factors_for(pipe, builtin_assets(ref)))
         self._models[ref.key] = loaded
         return loaded
 
@@ -296,23 +316,29 @@ class Session:
         self._load_loras(loaded, params)
         apply_strengths(pipe, loaded.loras, params.loras)
         apply_options(pipe, self.options, self.device)
+        self._tell_if_compiling(loaded, pipe, width, height, params.batches)
         scheduler = make_scheduler(params.scheduler, loaded.original_scheduler)
         check_steps(scheduler, params.steps)      # before denoising, not at its last step
         params = params.replace(width=width, height=height)     # the log records the size that ran
         run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
                   pipeline_class=type(pipe).__name__, tags=dict(tags))
-        # 4. Denoise, one image at a time: image i is then bit-identical to a lone run with seed + i
+        # 4. Denoise, a batch of images per call (image i: seed + i, its own CPU generator). The run's
+        # scheduler is set for the call only: the loaded pipeline is left as it was found.
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         error = None
+        found_scheduler = pipe.scheduler
         try:
-            for i in range(params.num_images):
-                pipe.scheduler = recorder.start_image(i, make_scheduler(params.scheduler, loaded.original_scheduler))
-                out = pipe(**self._call_arguments(params, width, height, params.seed + i), callback_on_step_end=recorder)
+            first = 0
+            for count in params.batches:
+                pipe.scheduler = recorder.start_batch(first, count, make_scheduler(params.scheduler, loaded.original_scheduler))
+                out = pipe(**self._call_arguments(params, width, height, params.seed + first, count),
+                           callback_on_step_end=recorder)
                 run.images += out.images
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
+                first += count
                 if recorder.interrupted:
                     break
             run.status = "interrupted" if recorder.interrupted else "ok"
@@ -326,6 +352,8 @@ class Session:
             run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
             error = exc
         finally:
+            pipe.scheduler = found_scheduler
+            recorder.finish()
             run.duration_s = time.perf_counter() - start
         for name in ("frames", "noisy_frames", "decoded_frames", "steps", "timesteps", "sigmas", "step_times",
                      "preview_seconds"):
@@ -338,6 +366,18 @@ class Session:
                 raise error from None
             raise error
         return run
+
+    def _tell_if_compiling(self, loaded: LoadedModel, pipe, width: int, height: int, batches: list) -> None:
+        """torch.compile works at the first call for each shape: say so, once per model and shape."""
+        if not (self.options.compile or self.options.fast):
+            return
+        shapes = {(type(pipe).__name__, width, height, n) for n in batches} - loaded.compiled_shapes
+        if shapes:
+            loaded.compiled_shapes |= shapes
+            if self.options.progress:
+                sizes = ", ".join(sorted({f"{w}x{h} x{n}" for _, w, h, n in shapes}))
+                print(f"sdwidgets: compiling the denoiser for {sizes} (first run only; later runs reuse it)",
+                      file=sys.stderr, flush=True)
 
     def _variant(self, loaded: LoadedModel, params: GenerationParams):
         """txt2img is the loaded pipe; img2img/ControlNet pipes reuse its components (from_pipe)."""
@@ -378,14 +418,16 @@ class Session:
                 loaded.loras.add(name)
 
     @staticmethod
-    def _call_arguments(params: GenerationParams, width: int, height: int, seed: int) -> dict:
-        """Arguments of one pipeline call (one image) for `params`."""
+    def _call_arguments(params: GenerationParams, width: int, height: int, seed: int, count: int = 1) -> dict:
+        """Arguments of one pipeline call for `params`: `count` images, seeds seed .. seed+count-1."""
         import torch
 
+        # CPU generators: the same noise on every device (diffusers' reproducibility advice), one per
+        # image, so each image's noise is that of a lone run with its seed
+        generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(count)]
         call = dict(prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                     num_inference_steps=params.steps, guidance_scale=params.guidance_scale, output_type="pil",
-                    # a CPU generator: the same noise on every device (diffusers' reproducibility advice)
-                    generator=torch.Generator("cpu").manual_seed(seed))
+                    num_images_per_prompt=count, generator=generators[0] if count == 1 else generators)
         controls = [c.preview((width, height)) for c in params.controls]
         if params.init_image is not None:
             call.update(image=params.init_image.resize((width, height)), strength=params.strength)
@@ -458,6 +500,20 @@ def quiet_loading():
             dlog.enable_progress_bar()
         if shown[1]:
             tlog.enable_progress_bar()
+def _hash_in_background(ref: ModelRef):
+    """A Future of weights_hash(ref), computed on a daemon thread (hashlib releases the GIL)."""
+    from concurrent.futures import Future
+
+    future = Future()
+
+    def work():
+        try:
+            future.set_result(weights_hash(ref))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the hash
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name=f"sdwidgets-hash-{ref.name}", daemon=True).start()
+    return future
 
 
 def new_run_id() -> str:

@@ -51,8 +51,11 @@ def test_batch_image_i_is_a_lone_run_with_seed_plus_i(session):
     batch = session.generate("a circle", seed=20, steps=4, num_images=3)
     assert batch.seeds == [20, 21, 22] and len(batch.images) == 3
     alone = session.generate("a circle", seed=22, steps=4)
-    assert np.array_equal(pixels(batch.images[2]), pixels(alone.image))
+    # one batched call: batched matrix products may differ from batch-1 ones by a pixel level
+    assert np.abs(pixels(batch.images[2]) - pixels(alone.image)).max() <= 1
     assert list(session.log.df.query(f"run_id == '{batch.run_id}'")["seed"]) == [20, 21, 22]
+    one_by_one = session.generate("a circle", seed=20, steps=4, num_images=3, batch_size=1)
+    assert np.array_equal(pixels(one_by_one.images[2]), pixels(alone.image))
 
 
 def test_seed_none_is_drawn_and_recorded(session):
@@ -124,7 +127,7 @@ def test_interrupt_stops_at_next_step_and_is_logged(session):
         if len(recorder.steps) == 2:
             session.interrupt()
 
-    run = session.generate("a circle", seed=1, steps=10, on_step=stop_at_two, num_images=2)
+    run = session.generate("a circle", seed=1, steps=10, on_step=stop_at_two, num_images=2, batch_size=1)
     assert run.status == "interrupted"
     assert len(run.frames) == 3              # the step in progress finishes, then nothing more
     assert len(run.images) == 1              # the second image never started

@@ -67,7 +67,7 @@ class LivePreview(Panel):
             self.rate.value = message(f"preview: {short_error(exc)}", "error")
 
     def _on_step(self, recorder) -> None:
-        """Images of a batch are denoised one after another; recorder.image_index says which."""
+        """A run's images are denoised in batches; recorder.image_index/batch_count say which."""
         now = time.perf_counter()
         total, index = recorder.total_steps, getattr(recorder, "image_index", 0)
         with self._lock:
@@ -86,9 +86,11 @@ class LivePreview(Panel):
         latest = self._exact_frame(recorder, step) if self.exact.value else None
         latest = latest if latest is not None else recorder.latest
         value = image_value(latest) if latest is not None else None
-        done = index * total + min(step, total)
+        count = getattr(recorder, "batch_count", 1)     # images denoised together in this call
+        done = index * total + min(step, total) * count
         rate = done / max(now - self._t0, 1e-9)
-        of_image = f" · image {index + 1}/{images}" if images > 1 else ""
+        which = f"{index + 1}" if count == 1 else f"{index + 1}-{index + count}"
+        of_image = f" · image {which}/{images}" if images > 1 else ""
         with hold(self.image, self.progress, self.rate):
             if value is not None:
                 self.image.value = value
