@@ -90,3 +90,27 @@ def short_error(exc: BaseException, limit: int = 300) -> str:
     text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
     text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ImageInput:
+    """The path box and "use last result" button of a panel that takes an image (init or control).
+
+    The panel has `path` (Text), `status` (HTML), `image_source` (callable or None) and `set_image`.
+    """
+
+    def _load_clicked(self, _button) -> None:
+        text = self.path.value.strip()
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and text.isidentifier() and text in shell.user_ns:
+            self.set_image(shell.user_ns[text])     # a notebook variable holding an image
+        else:
+            self.set_image(text)
+
+    def _use_last_clicked(self, _button) -> None:
+        image = self.image_source() if self.image_source is not None else None
+        if image is None:
+            self.status.value = message("no generated image yet", "error")
+        else:
+            self.set_image(image)

@@ -9,7 +9,7 @@ import ipywidgets as W
 
 from ..controlnet import PREPROCESSORS, Control
 from ..validate import load_image
-from .base import Panel, close_tree, image_value, image_widget, message, short_error
+from .base import ImageInput, Panel, close_tree, image_value, image_widget, message, short_error
 
 THUMB = 128
 PREVIEW_MAX = 512          # the preview runs the preprocessor at most at this size
@@ -18,7 +18,7 @@ _style = {"description_width": "70px"}
 PREPROCESS = {"auto": None, "run preprocessor": True, "use image as is": False}
 
 
-class ControlRow(Panel):
+class ControlRow(ImageInput, Panel):
     """One control. `image_source()` (optional) returns the image for "use last generated"."""
 
     def __init__(self, kind: str = "canny", image=None, image_source=None, describe=None):
@@ -134,23 +134,6 @@ class ControlRow(Panel):
             from PIL import Image
 
             self.set_image(Image.open(io.BytesIO(bytes(files[0]["content"]))))
-
-    def _load_clicked(self, _button) -> None:
-        text = self.path.value.strip()
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None and text.isidentifier() and text in shell.user_ns:
-            self.set_image(shell.user_ns[text])
-        else:
-            self.set_image(text)
-
-    def _use_last_clicked(self, _button) -> None:
-        image = self.image_source() if self.image_source is not None else None
-        if image is None:
-            self.status.value = message("no generated image yet", "error")
-        else:
-            self.set_image(image)
 
     def close(self) -> None:
         for widget in self._option_widgets.values():

@@ -7,13 +7,13 @@ import io
 import ipywidgets as W
 
 from ..validate import load_image
-from .base import Panel, image_value, image_widget, message, short_error
+from .base import ImageInput, Panel, image_value, image_widget, message, short_error
 
 THUMB = 128
 _style = {"description_width": "70px"}
 
 
-class Img2ImgPanel(Panel):
+class Img2ImgPanel(ImageInput, Panel):
     """`image_source()` (optional) returns the image for "use last generated"."""
 
     def __init__(self, image_source=None):
@@ -77,23 +77,6 @@ class Img2ImgPanel(Panel):
             except OSError as exc:
                 self.status.value = message(f"init_image: cannot read the upload ({exc})", "error")
                 return
-            self.set_image(image)
-
-    def _load_clicked(self, _button) -> None:
-        text = self.path.value.strip()
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None and text.isidentifier() and text in shell.user_ns:
-            self.set_image(shell.user_ns[text])
-        else:
-            self.set_image(text)
-
-    def _use_last_clicked(self, _button) -> None:
-        image = self.image_source() if self.image_source is not None else None
-        if image is None:
-            self.status.value = message("no generated image yet", "error")
-        else:
             self.set_image(image)
 
     def _clear_clicked(self, _button) -> None:
