@@ -1,7 +1,8 @@
 """Step-by-step latent previews.
 
 A linear map from latent channels to RGB (ComfyUI/AUTOMATIC1111's "approx" preview)
-costs a few microseconds per step. `StepRecorder` is the diffusers
+costs a few microseconds per step; the other methods (a tiny decoder, the VAE) are in
+:mod:`sdwidgets.previewers`, behind the same ``to_images(latents)``. `StepRecorder` is the diffusers
 `callback_on_step_end`; it keeps, for every k-th step, the preview of the predicted
 clean image (x0, captured from the scheduler's step output) and of the noisy latent.
 """
@@ -205,14 +206,17 @@ class StepRecorder:
         import torch
 
         x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
-        series = []     # (frames list, latents) for each kept preview
+        series = []     # (frames list, latents, converter) for each kept preview
         if self.keep in ("x0", "both"):
-            series.append((self._frames[-1], x0 if x0 is not None else latents))
-        if self.keep in ("noisy", "both"):
-            series.append((self._noisy[-1], latents))
-        # both previews in one conversion: on a GPU each device->host copy waits for the GPU
-        images = self.latent_rgb.to_images(torch.cat([lat[:1] for _, lat in series]))
-        for (frames, _), image in zip(series, images):
+            series.append((self._frames[-1], x0 if x0 is not None else latents, self.latent_rgb))
+        if self.keep in ("noisy", "both"):   # a decoder would show the noise as noise, at twice the cost
+            series.append((self._noisy[-1], latents, getattr(self.latent_rgb, "noisy", self.latent_rgb)))
+        if len({id(convert) for *_, convert in series}) == 1:
+            # both previews in one conversion: on a GPU each device->host copy waits for the GPU
+            images = series[0][2].to_images(torch.cat([lat[:1] for _, lat, _ in series]))
+        else:
+            images = [convert.to_images(lat[:1])[0] for _, lat, convert in series]
+        for (frames, *_), image in zip(series, images):
             frames.append(image)
         if self.image_index == 0:
             self.steps.append(step)

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .controlnet import HUB_CONTROLNETS, model_family
 from .errors import OutOfMemoryError, ParamError
@@ -22,6 +23,8 @@ from .options import Options
 from .options import apply as apply_options
 from .params import GenerationParams
 from .preview import StepRecorder, factors_for
+from .previewers import Previewer, VaeDecoder, check_method, check_size, fallback_warning, load_tiny_decoder, \
+    missing_note, preview_size
 from .run import Run
 from .schedulers import make_scheduler, sampler_name
 
@@ -40,6 +43,7 @@ class LoadedModel:
     variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
+    previewers: dict = field(default_factory=dict)  # preview method -> converter (tiny decoder loaded once)
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -54,8 +58,14 @@ class Session:
     """One pipeline cache, one experiment log, one place that runs diffusion."""
 
     def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
-                 allow_unsafe: bool = False, **options):
+                 allow_unsafe: bool = False, preview_method: str | None = None, preview_size: int | None = None,
+                 **options):
         self.options = Options().update(**options)
+        check_method(preview_method)
+        check_size(preview_size)
+        # how step previews are made (sdwidgets.previewers); None: the best the model has
+        self.preview_method, self.preview_size = preview_method, preview_size
+        self._tiny_sources: dict[str, str] = {}
         self.default_model = model
         self.allow_unsafe = allow_unsafe
         self.log = ExperimentLog(log_dir, session=self)
@@ -185,6 +195,44 @@ class Session:
             return str(folder) if folder.is_dir() else None
         return HUB_CONTROLNETS.get((family, kind))
 
+    # ---- previews ---------------------------------------------------------------------------
+    def set_tiny_decoder(self, source, model: str | None = None) -> None:
+        """Use AutoencoderTiny weights `source` (folder or hub id, e.g. madebyollin/taesd) for `model`'s
+        ``tiny`` previews."""
+        ref = self.resolve(model)
+        self._tiny_sources[ref.key] = str(source)
+        if ref.key in self._models:
+            self._models[ref.key].previewers.clear()
+
+    def _previewer(self, loaded: LoadedModel, method: str | None, width: int, height: int,
+                   size: int | None) -> Previewer:
+        """The run's preview method (the best available when None) and its converter."""
+        method = method or self.preview_method
+        if method in (None, "tiny"):
+            tiny = self._tiny_decoder(loaded, explicit=method == "tiny")
+            method = "tiny" if tiny is not None else "approx"
+        convert = loaded.previewers.get("tiny") if method == "tiny" else \
+            VaeDecoder(loaded.pipe.vae) if method == "full" else loaded.latent_rgb
+        size = preview_size(width, height, size if size is not None else self.preview_size)
+        return Previewer(method, convert, size, noisy_convert=loaded.latent_rgb)
+
+    def _tiny_decoder(self, loaded: LoadedModel, explicit: bool):
+        if "tiny" in loaded.previewers or ("tiny-missing" in loaded.previewers and not explicit):
+            return loaded.previewers.get("tiny")
+        ref, family = loaded.ref, model_family(loaded.pipe)
+        folder = builtin_assets(ref) or (Path(ref.location) if ref.kind == "folder" else None)
+        tiny = load_tiny_decoder(loaded.pipe, registered=self._tiny_sources.get(ref.key), folder=folder,
+                                 family=family, explicit=explicit)
+        if tiny is not None:
+            loaded.previewers["tiny"] = tiny
+            return tiny
+        note = missing_note(ref.name, folder, family)
+        if explicit:
+            raise ParamError(f"preview_method='tiny': {note}")
+        loaded.previewers["tiny-missing"] = note
+        fallback_warning(note)      # once per loaded model
+        return None
+
     # ---- running ---------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Stop the current run after the step in progress (thread-safe).
@@ -198,10 +246,13 @@ class Session:
 
     def generate(self, prompt: str | None = None, *, params: GenerationParams | None = None, tags: dict | None = None,
                  on_step=None, preview: str = "both", preview_every: int = 1, decode_every: int | None = None,
-                 **kwargs) -> Run:
+                 preview_method: str | None = None, preview_size: int | None = None, **kwargs) -> Run:
         """Generate images; see GenerationParams for the arguments. Returns the Run (also logged).
 
         on_step(recorder) is called after each recorded step, on the generating thread.
+        `preview` says which series to keep (both, x0, noisy, none); `preview_method` how a latent
+        becomes a frame (tiny, approx, full, none; None: the session's, else the best the model has);
+        `preview_size` the frames' longest side (None: the output size).
         """
         # 1. Validate everything before any model work
         if params is None:
@@ -212,6 +263,8 @@ class Session:
             raise ParamError(f"preview must be one of both, x0, noisy, none; got {preview!r}")
         if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
             raise ParamError(f"preview_every must be a positive integer, got {preview_every!r}")
+        check_method(preview_method)
+        check_size(preview_size)
         ref = self.resolve(params.model)
         self._check_loras(ref, params)
         self._check_controls(ref, params)
@@ -225,7 +278,8 @@ class Session:
             with self._run_lock:
                 self.running = True
                 try:
-                    return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every)
+                    return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every,
+                                          preview_method, preview_size)
                 finally:
                     self.running = False
         finally:
@@ -248,7 +302,8 @@ class Session:
                 raise ParamError(f"controls: no {control.kind!r} ControlNet for model {ref.name!r}; "
                                  "register one with session.register_controlnet(kind, folder_or_hub_id)")
 
-    def _generate(self, ref, params, tags, on_step, preview, preview_every, decode_every) -> Run:
+    def _generate(self, ref, params, tags, on_step, preview, preview_every, decode_every, preview_method,
+                  preview_size) -> Run:
         import torch
 
         # 2. Load (once) and pick the pipeline that shares the loaded components
@@ -259,7 +314,9 @@ class Session:
         if width % factor or height % factor:
             raise ParamError(f"width/height must be multiples of {factor} for this model, got {width}x{height}")
         # 3. Configure: a fresh scheduler, LoRA strengths, options (none of these reload weights)
-        recorder = StepRecorder(loaded.latent_rgb, params.steps, every=preview_every, keep=preview,
+        previewer = self._previewer(loaded, preview_method, width, height, preview_size)
+        keep = "none" if previewer.method == "none" else preview
+        recorder = StepRecorder(previewer, params.steps, every=preview_every, keep=keep,
                                 decode_every=decode_every, stop_event=self._stop,
                                 listeners=[on_step] if on_step else [])
         self._load_loras(loaded, params)
@@ -268,7 +325,7 @@ class Session:
         scheduler = make_scheduler(params.scheduler, loaded.original_scheduler)
         params = params.replace(width=width, height=height)     # the log records the size that ran
         run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
-                  pipeline_class=type(pipe).__name__, tags=dict(tags))
+                  pipeline_class=type(pipe).__name__, tags=dict(tags), preview_method=previewer.method)
         # 4. Denoise, one image at a time: image i is then bit-identical to a lone run with seed + i
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -383,6 +440,7 @@ class Session:
         return {"model": loaded.ref.name, "model_hash": loaded.weights_hash, "scheduler": run.sampler,
                 "width": width, "height": height, "peak_memory_mb": round(peak, 1), "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "torch_version": torch.__version__,
+                "preview": run.preview_method,
                 "diffusers_version": diffusers.__version__,
                 "safety_checker": getattr(pipe, "safety_checker", None) is not None and run.nsfw is not None}
 
