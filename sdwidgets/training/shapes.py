@@ -14,6 +14,7 @@ Stages (each resumable, skipped when its output exists; ``all`` runs them in ord
     controlnet  train a canny ControlNet with the base frozen
     lora        train the bundled ``ring`` LoRA with :func:`sdwidgets.training.lora.train_lora`
     export      write the diffusers folder to sdwidgets/assets/shapes (fp16 safetensors)
+    tiny-decoder  distil the preview decoder vae-tiny from the shipped VAE (:mod:`.tiny_decoder`)
     evaluate    score the shipped folder (table of issue 3; :mod:`.evaluate`)
 
 Working files go to ``training-work/`` (git-ignored); timings to ``training-work/timings.json``.
@@ -36,6 +37,7 @@ from . import world
 from .architecture import default_scheduler, text_config, training_scheduler, unet_config, vae_config
 from .evaluate import stage_evaluate
 from .model_card import write_model_card
+from .tiny_decoder import stage_tiny_decoder
 from .noise import BASE_NOISE, BLIND_FROM, PYRAMID_DISCOUNT, RESTART2_NOISE, RESTART_NOISE, SNR_FLOOR, blind_top, draw_timesteps, eps_loss, pyramid_noise, whiten_quiet
 from .workspace import (ASSET, BASE_S, CONTROLNET_S, ADAPT_S, DECODER_S, LORA_S, N_TRAIN, POLISH_S, RESTART_S, RESTART2_S, SEED, SHARPEN_S, SHARPEN2_S, ALL,
                         VAE_PROBE_S, VAE_S, WORK, load_asset_pipe, log, optimise, record, recorded, train_for)
@@ -833,7 +835,8 @@ def stage_lora() -> None:
 # ----------------------------------------------------------------------------- main
 STAGES: dict = {"vae": stage_vae, "base": stage_base, "restart": stage_restart, "restart2": stage_restart2, "sharpen": stage_sharpen,
                 "sharpen2": stage_sharpen2, "polish": stage_polish, "decoder": stage_decoder, "adapt": stage_adapt, "export": stage_export,
-                "controlnet": stage_controlnet, "lora": stage_lora, "evaluate": stage_evaluate}
+                "controlnet": stage_controlnet, "lora": stage_lora, "tiny-decoder": stage_tiny_decoder,
+                "evaluate": stage_evaluate}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,18 +30,19 @@ SHARPEN2_S = float(os.environ.get("SDW_SHARPEN2_S", 360))
 POLISH_S = float(os.environ.get("SDW_POLISH_S", 900))
 CONTROLNET_S = float(os.environ.get("SDW_CONTROLNET_S", 420))
 LORA_S = float(os.environ.get("SDW_LORA_S", 270))
+TINY_DECODER_S = float(os.environ.get("SDW_TINY_DECODER_S", 300))
 N_TRAIN = int(os.environ.get("SDW_N_TRAIN", 24000))
 # The stages of the 2-hour recipe, in order (``python -m sdwidgets.training.shapes all``). `polish` is
 # not in it: it moved shape little and cost the ring LoRA rings (model card); the shipped weights
 # ran it, and it stays a stage of its own.
-ALL = ["vae", "base", "restart", "restart2", "sharpen", "sharpen2", "decoder", "adapt", "export", "controlnet", "lora", "export", "evaluate"]
+ALL = ["vae", "base", "restart", "restart2", "sharpen", "sharpen2", "decoder", "adapt", "export", "controlnet", "lora", "export", "tiny-decoder", "evaluate"]
 
 
 def recipe_training_s() -> float:
     """Seconds of training in ``all`` with these budgets: one VAE probe counts (the chosen one is
     continued; the other is overhead), ``polish`` does not (it is not in ``all``)."""
     return (VAE_PROBE_S + VAE_S + DECODER_S + ADAPT_S + BASE_S + RESTART_S + RESTART2_S + SHARPEN_S + SHARPEN2_S
-            + CONTROLNET_S + LORA_S)
+            + CONTROLNET_S + LORA_S + TINY_DECODER_S)
 
 
 def log(msg: str) -> None:
