@@ -82,7 +82,7 @@ def _recipe_stages() -> tuple[list[str], str]:
     source = Path(__file__).parent / "training" / "shapes.py"
     doc = ast.get_docstring(ast.parse(source.read_text())) or ""
     block = doc[doc.index("Stages"):doc.index("Working files")].strip() if "Stages" in doc else ""
-    return re.findall(r"^ {4}(\w+) {2,}", block, flags=re.M), block
+    return re.findall(r"^ {4}([\w-]+) {2,}", block, flags=re.M), block
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -20,14 +20,13 @@ from pathlib import Path
 
 from .errors import ParamError
 from .images import data_url, file_sha256, image_sha256, stored_inputs
-from .errors import ParamError
 from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
 RECORDS = "records.jsonl"
 COLUMNS = [
     "run_id", "image_index", "batch_index", "batch_size", "created", "status", "model", "model_hash", "pipeline", "prompt",
     "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "width", "height", "loras",
-    "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype",
+    "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype", "preview",
     "torch_version", "diffusers_version", "image_path", "image_sha256", "safety_checker", "nsfw",
     "source", "prompt_template", "template_values", "tags", "error", "params",
 ]

@@ -33,6 +33,7 @@ class Plan:
     out: str | None = None
     preview: bool = True
     every: int = 1
+    preview_method: str | None = None
     notes: list = field(default_factory=list)
 
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the Run (a sweep: its list of runs) under this name")
     add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")
     add("--every", type=_typed(_positive, "a positive integer"), help="record a preview every k steps")
+    add("--preview-method", dest="preview_method", choices=["tiny", "approx", "full", "none"],
+        help="how step previews are made (default: the best the model has; see sdwidgets.previewers)")
     add("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
         help="run once per value; one sweep makes a row, two a grid (seed=1..8, cfg=3,5,7, "
              'sampler="Euler a","DDIM", lora:NAME=0,0.5,1, or a {variable} of the prompt)')

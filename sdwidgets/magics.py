@@ -45,6 +45,8 @@ class SDMagic(Magics):
                     help="model for %%sd when no --model (None: the session's default)").tag(config=True)
     preview = Bool(True, help="show a live preview while generating").tag(config=True)
     preview_every = Int(1, min=1, help="record a preview every k steps (--every)").tag(config=True)
+    preview_method = Unicode(None, allow_none=True, help="tiny, approx, full or none (--preview-method; "
+                             "None: the session's, else the best the model has)").tag(config=True)
     preview_interval = Float(0.2, min=0.0, help="minimum seconds between live preview updates").tag(config=True)
     preview_size = Int(256, min=16,
                        help="tiny previews are upscaled (nearest) to at least this many pixels").tag(config=True)
@@ -112,7 +114,8 @@ class SDMagic(Magics):
         explicit = self._explicit(args, ns, self.session.log)
         defaults = self._defaults()
         plan = Plan([], [], [], axes, out=args.out, preview=args.preview and self.preview,
-                    every=args.every or self.preview_every)
+                    every=args.every or self.preview_every,
+                    preview_method=args.preview_method or self.preview_method)
         combos = []
         for _, _, chosen in cells(axes):
             swept, variables = {}, {}
@@ -196,7 +199,7 @@ class SDMagic(Magics):
                 for params, tags, label in zip(plan.params, plan.tags, plan.labels):
                     view.start_run(label, params.num_images, params.steps)
                     run = session.generate(params=params, tags=tags, on_step=view.on_step,
-                                           preview_every=plan.every)
+                                           preview_every=plan.every, preview_method=plan.preview_method)
                     runs.append(run)
                     view.finish_run()
                     if run.status != "ok":

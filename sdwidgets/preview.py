@@ -1,7 +1,8 @@
 """Step-by-step latent previews.
 
 A linear map from latent channels to RGB (ComfyUI/AUTOMATIC1111's "approx" preview)
-costs a few microseconds per step. `StepRecorder` is the diffusers
+costs a few microseconds per step; the other methods (a tiny decoder, the VAE) are in
+:mod:`sdwidgets.previewers`, behind the same ``to_images(latents)``. `StepRecorder` is the diffusers
 `callback_on_step_end`; it keeps, for every k-th step, the preview of the predicted
 clean image (x0, captured from the scheduler's step output) and of the noisy latent.
 """
@@ -244,13 +245,12 @@ class StepRecorder:
 
         x0 = self._x0 if self._x0 is not None and self._x0.shape == latents.shape else None
         batch = range(self.image_index, self.image_index + self.batch_count)
-        series, targets = [], []    # latents of each kept preview, and the frame list of each row
+        series = []    # (converter, latents, the frame list of each row) of each kept preview
         if self.keep in ("x0", "both"):
-            series.append(x0 if x0 is not None else latents)
-            targets += [self._frames[k] for k in batch]
-        if self.keep in ("noisy", "both"):
-            series.append(latents)
-            targets += [self._noisy[k] for k in batch]
+            series.append((self.latent_rgb, x0 if x0 is not None else latents, [self._frames[k] for k in batch]))
+        if self.keep in ("noisy", "both"):   # a decoder would show the noise as noise, at twice the cost
+            series.append((getattr(self.latent_rgb, "noisy", self.latent_rgb), latents,
+                           [self._noisy[k] for k in batch]))
         scalars = []
         if self.image_index == 0:
             self.steps.append(step)
@@ -261,9 +261,18 @@ class StepRecorder:
             self.sigmas.append(host_scalar(sigmas[index]) if ok else None)
             scalars = [(values, len(values) - 1, values[-1]) for values in (self.timesteps, self.sigmas)
                        if values[-1] is not None and not isinstance(values[-1], float)]
-        # every preview of the step in one conversion and one device->host copy, resolved a step later
-        rgb8 = _to_rgb8(self.latent_rgb, torch.cat([lat[: self.batch_count] for lat in series]))
-        self._copies.submit(rgb8, targets, scalars)
+        # every preview of the step in one device->host copy (each would wait for the device),
+        # resolved a step later; one conversion too when both series use the same converter
+        targets = [frames for *_, rows in series for frames in rows]
+        if len({id(convert) for convert, _, _ in series}) == 1:
+            rgb8 = [_to_rgb8(series[0][0], torch.cat([lat[: self.batch_count] for _, lat, _ in series]))]
+        else:
+            rgb8 = [_to_rgb8(convert, lat[: self.batch_count]) for convert, lat, _ in series]
+        if len({tuple(r.shape[1:]) for r in rgb8}) == 1:
+            self._copies.submit(torch.cat(rgb8), targets, scalars)
+        else:   # frames of different sizes: one copy per series
+            for k, (r, (*_, rows)) in enumerate(zip(rgb8, series)):
+                self._copies.submit(r, rows, scalars if k == 0 else ())
         self.preview_seconds += time.perf_counter() - t0
 
     @property

@@ -23,6 +23,7 @@ class Run:
     duration_s: float = 0.0
     step_times: list = field(default_factory=list)
     preview_seconds: float = 0.0
+    preview_method: str = ""            # how frames were made: tiny | approx | full | none
     sampler: str = ""
     model_name: str = ""
     pipeline_class: str = ""

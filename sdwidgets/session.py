@@ -6,7 +6,6 @@ denoise with the StepRecorder, record in the log.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import secrets
 import sys
@@ -14,6 +13,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .controlnet import HUB_CONTROLNETS, model_family
 from .errors import OutOfMemoryError, ParamError
@@ -24,6 +24,9 @@ from .options import Options
 from .options import apply as apply_options
 from .params import GenerationParams
 from .preview import StepRecorder, factors_for
+from .quiet import quiet_diffusers, quiet_loading
+from .previewers import Previewer, VaeDecoder, check_method, check_size, fallback_warning, load_tiny_decoder, \
+    missing_note, preview_size
 from .run import Run
 from .schedulers import check_steps, make_scheduler, sampler_name
 from .validate import close_matches
@@ -44,6 +47,7 @@ class LoadedModel:
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
     compiled_shapes: set = field(default_factory=set)  # (pipeline, width, height, batch) compiled for
+    previewers: dict = field(default_factory=dict)  # preview method -> converter (tiny decoder loaded once)
 
     @property
     def weights_hash(self) -> str:
@@ -71,10 +75,16 @@ class Session:
     """One pipeline cache, one experiment log, one place that runs diffusion."""
 
     def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
-                 allow_unsafe: bool = False, **options):
+                 allow_unsafe: bool = False, preview_method: str | None = None, preview_size: int | None = None,
+                 **options):
         self._device, self._dtype = device, dtype
         self.options = Options().update(**options)
         self._check_offload(self.options)
+        check_method(preview_method)
+        check_size(preview_size)
+        # how step previews are made (sdwidgets.previewers); None: the best the model has
+        self.preview_method, self.preview_size = preview_method, preview_size
+        self._tiny_sources: dict[str, str] = {}
         self.default_model = model
         self.allow_unsafe = allow_unsafe
         self.log = ExperimentLog(log_dir, session=self)
@@ -234,6 +244,44 @@ class Session:
             return str(folder) if folder.is_dir() else None
         return HUB_CONTROLNETS.get((family, kind))
 
+    # ---- previews ---------------------------------------------------------------------------
+    def set_tiny_decoder(self, source, model: str | None = None) -> None:
+        """Use AutoencoderTiny weights `source` (folder or hub id, e.g. madebyollin/taesd) for `model`'s
+        ``tiny`` previews."""
+        ref = self.resolve(model)
+        self._tiny_sources[ref.key] = str(source)
+        if ref.key in self._models:
+            self._models[ref.key].previewers.clear()
+
+    def _previewer(self, loaded: LoadedModel, method: str | None, width: int, height: int,
+                   size: int | None) -> Previewer:
+        """The run's preview method (the best available when None) and its converter."""
+        method = method or self.preview_method
+        if method in (None, "tiny"):
+            tiny = self._tiny_decoder(loaded, explicit=method == "tiny")
+            method = "tiny" if tiny is not None else "approx"
+        convert = loaded.previewers.get("tiny") if method == "tiny" else \
+            VaeDecoder(loaded.pipe.vae) if method == "full" else loaded.latent_rgb
+        size = preview_size(width, height, size if size is not None else self.preview_size)
+        return Previewer(method, convert, size, noisy_convert=loaded.latent_rgb)
+
+    def _tiny_decoder(self, loaded: LoadedModel, explicit: bool):
+        if "tiny" in loaded.previewers or ("tiny-missing" in loaded.previewers and not explicit):
+            return loaded.previewers.get("tiny")
+        ref, family = loaded.ref, model_family(loaded.pipe)
+        folder = builtin_assets(ref) or (Path(ref.location) if ref.kind == "folder" else None)
+        tiny = load_tiny_decoder(loaded.pipe, registered=self._tiny_sources.get(ref.key), folder=folder,
+                                 family=family, explicit=explicit)
+        if tiny is not None:
+            loaded.previewers["tiny"] = tiny
+            return tiny
+        note = missing_note(ref.name, folder, family)
+        if explicit:
+            raise ParamError(f"preview_method='tiny': {note}")
+        loaded.previewers["tiny-missing"] = note
+        fallback_warning(note)      # once per loaded model
+        return None
+
     # ---- running ---------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Stop the current run after the step in progress (thread-safe).
@@ -247,10 +295,13 @@ class Session:
 
     def generate(self, prompt: str | None = None, *, params: GenerationParams | None = None, tags: dict | None = None,
                  on_step=None, preview: str = "both", preview_every: int = 1, decode_every: int | None = None,
-                 **kwargs) -> Run:
+                 preview_method: str | None = None, preview_size: int | None = None, **kwargs) -> Run:
         """Generate images; see GenerationParams for the arguments. Returns the Run (also logged).
 
         on_step(recorder) is called after each recorded step, on the generating thread.
+        `preview` says which series to keep (both, x0, noisy, none); `preview_method` how a latent
+        becomes a frame (tiny, approx, full, none; None: the session's, else the best the model has);
+        `preview_size` the frames' longest side (None: the output size).
         """
         # 1. Validate everything before any model work
         if params is None:
@@ -262,6 +313,8 @@ class Session:
         if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
             raise ParamError(f"preview_every must be a positive integer, got {preview_every!r}")
         self.log.check_writable()
+        check_method(preview_method)
+        check_size(preview_size)
         ref = self.resolve(params.model)
         self._check_loras(ref, params)
         self._check_controls(ref, params)
@@ -275,7 +328,8 @@ class Session:
             with self._run_lock:
                 self.running = True
                 try:
-                    return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every)
+                    return self._generate(ref, params, tags or {}, on_step, preview, preview_every, decode_every,
+                                          preview_method, preview_size)
                 finally:
                     self.running = False
         finally:
@@ -299,7 +353,8 @@ class Session:
                 raise ParamError(f"controls: no {control.kind!r} ControlNet for model {ref.name!r}; "
                                  "register one with session.register_controlnet(kind, folder_or_hub_id)")
 
-    def _generate(self, ref, params, tags, on_step, preview, preview_every, decode_every) -> Run:
+    def _generate(self, ref, params, tags, on_step, preview, preview_every, decode_every, preview_method,
+                  preview_size) -> Run:
         import torch
 
         # 2. Load (once) and pick the pipeline that shares the loaded components
@@ -310,7 +365,9 @@ class Session:
         if width % factor or height % factor:
             raise ParamError(f"width/height must be multiples of {factor} for this model, got {width}x{height}")
         # 3. Configure: a fresh scheduler, LoRA strengths, options (none of these reload weights)
-        recorder = StepRecorder(loaded.latent_rgb, params.steps, every=preview_every, keep=preview,
+        previewer = self._previewer(loaded, preview_method, width, height, preview_size)
+        keep = "none" if previewer.method == "none" else preview
+        recorder = StepRecorder(previewer, params.steps, every=preview_every, keep=keep,
                                 decode_every=decode_every, stop_event=self._stop,
                                 listeners=[on_step] if on_step else [])
         self._load_loras(loaded, params)
@@ -321,7 +378,7 @@ class Session:
         check_steps(scheduler, params.steps)      # before denoising, not at its last step
         params = params.replace(width=width, height=height)     # the log records the size that ran
         run = Run(run_id=new_run_id(), params=params, sampler=sampler_name(scheduler), model_name=ref.name,
-                  pipeline_class=type(pipe).__name__, tags=dict(tags))
+                  pipeline_class=type(pipe).__name__, tags=dict(tags), preview_method=previewer.method)
         # 4. Denoise, a batch of images per call (image i: seed + i, its own CPU generator). The run's
         # scheduler is set for the call only: the loaded pipeline is left as it was found.
         if self.device.startswith("cuda"):
@@ -457,6 +514,7 @@ class Session:
         return {"model": loaded.ref.name, "model_hash": loaded.weights_hash, "scheduler": run.sampler,
                 "width": width, "height": height, "peak_memory_mb": round(peak, 1), "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "torch_version": torch.__version__,
+                "preview": run.preview_method,
                 "diffusers_version": diffusers.__version__,
                 "safety_checker": getattr(pipe, "safety_checker", None) is not None and run.nsfw is not None}
 
@@ -472,34 +530,6 @@ class Session:
                 f"models={self.loaded_models}, runs={len(self.log)})")
 
 
-@contextlib.contextmanager
-def quiet_diffusers():
-    from diffusers.utils import logging as dlog
-
-    level = dlog.get_verbosity()
-    dlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(level)
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """No per-component loading bars from diffusers and transformers while a model loads."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    shown = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown[0]:
-            dlog.enable_progress_bar()
-        if shown[1]:
-            tlog.enable_progress_bar()
 def _hash_in_background(ref: ModelRef):
     """A Future of weights_hash(ref), computed on a daemon thread (hashlib releases the GIL)."""
     from concurrent.futures import Future

@@ -66,7 +66,7 @@ def test_preview_frames_of_a_batch_are_complete_ordered_and_side_by_side(session
     run = session.generate("a red circle", seed=2, steps=6, num_images=3, batch_size=2, scheduler="Euler",
                            on_step=lambda r: seen.append((r.image_index, r.batch_count)))
     assert len(run.frames) == len(run.noisy_frames) == 6 and run.steps == list(range(1, 7))
-    width = run.images[0].width // session.pipeline().vae_scale_factor
+    width = run.images[0].width                        # frames come at the output size
     assert run.frames[0].width == 3 * width            # the three images side by side
     assert seen == [(0, 2)] * 6 + [(2, 1)] * 6
     alone = session.generate("a red circle", seed=4, steps=6, scheduler="Euler")

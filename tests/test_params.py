@@ -2,7 +2,6 @@
 import pytest
 from PIL import Image
 
-import sdwidgets as sdw
 from sdwidgets.errors import ParamError
 from sdwidgets.params import GenerationParams, parse_infotext
 

@@ -14,6 +14,8 @@ Stages (each resumable, skipped when its output exists; ``all`` runs them in ord
     controlnet  train a canny ControlNet with the base frozen
     lora        train the bundled ``ring`` LoRA with :func:`sdwidgets.training.lora.train_lora`
     export      write the diffusers folder to sdwidgets/assets/shapes (fp16 safetensors)
+    tiny-decoder  distil the preview decoder vae-tiny from the shipped VAE (:mod:`.tiny_decoder`;
+                  not in ``all``: run it after ``all``)
     evaluate    score the shipped folder (table of issue 3; :mod:`.evaluate`)
 
 Working files go to ``training-work/`` (git-ignored, or ``SDW_TRAIN_WORK``); timings to
@@ -42,13 +44,15 @@ from .evaluate import stage_evaluate
 from .export import stage_export
 from .model_card import write_model_card
 from .ring import stage_lora
+from .tiny_decoder import stage_tiny_decoder
 from .workspace import ALL, Budgets, log, work_dir
 
 
 # Every stage takes the Budgets (one signature, so that main can call any of them).
 STAGES: dict = {"vae": stage_vae, "base": stage_base, "restart": stage_restart, "restart2": stage_restart2, "sharpen": stage_sharpen,
                 "sharpen2": stage_sharpen2, "polish": stage_polish, "decoder": stage_decoder, "adapt": stage_adapt, "export": stage_export,
-                "controlnet": stage_controlnet, "lora": stage_lora, "evaluate": stage_evaluate}
+                "controlnet": stage_controlnet, "lora": stage_lora, "tiny-decoder": stage_tiny_decoder,
+                "evaluate": stage_evaluate}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,6 +55,7 @@ class Budgets:
     polish_s: float = 900.0
     controlnet_s: float = 420.0
     lora_s: float = 270.0
+    tiny_decoder_s: float = 300.0
     n_train: int = 24000     # images of the captioned world the base trains on
     adapt_pairs: int = 1536  # img2img candidates for the adapt stage's generated pairs
     adapt_edge_weight: float = 4.0  # see codec.stage_adapt

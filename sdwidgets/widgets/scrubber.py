@@ -83,5 +83,7 @@ class StepScrubber(Panel):
             parts.append(f"timestep {t:g}")
         if sigma is not None:
             parts.append(f"sigma {sigma:.4g}")
+        if getattr(run, "preview_method", "") and self.view.value == "x0":
+            parts.append(f"preview {run.preview_method}")
         self.image.value = self._cache[key]
         self.info.value = '<span style="font-family:monospace;font-size:12px">' + " · ".join(parts) + "</span>"
