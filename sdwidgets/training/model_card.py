@@ -77,7 +77,8 @@ characters (no crash); they mean nothing to the model.
 | preview_factors.json | ridge-fitted latent -> RGB ([-1, 1]) factors of this VAE, mean abs error {rec.get("preview_factors_mae", "?")} | |
 | vae-tiny | AutoencoderTiny (TAESD-class) preview decoder distilled from this VAE on the denoiser's x0 predictions (stage `tiny-decoder`), held-out mean abs error {g(rec.get("tiny_decoder", {}), "heldout_mae")} | {g(rec.get("tiny_decoder", {}), "params", "{:,}")} |
 
-Weights are stored as fp16 safetensors ({sizes.get("total", 0) / 1e6:.2f} MB in all); load
+Weights are stored as fp16 safetensors ({sizes.get("total", 0) / 1e6:.2f} MB in all, not counting the
+preview decoder `vae-tiny`); load
 with `torch_dtype=torch.float32` on CPU.
 
 | file | size |
