@@ -371,7 +371,8 @@ class ExperimentLog:
         fn.batch = True); stored in scores.jsonl, so the column survives restarts. Returns the column."""
         from .evaluation.store import score_log
 
-        return score_log(self, name, fn, recompute=recompute, run_ids=run_ids, progress=progress)
+        return score_log(self, name, fn, recompute=recompute, run_ids=run_ids, progress=progress,
+                         reserved=COLUMNS)
 
     def last(self, n: int = 10):
         return self.df.tail(n)

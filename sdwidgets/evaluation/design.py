@@ -58,6 +58,7 @@ def evaluate(session, prompt_set, grid: dict | None = None, seeds=(0,), scorers=
              recompute: bool = False, **fixed) -> "Evaluation":
     """Run (or resume) the design and score it; see Session.evaluate."""
     from ..limits import limit
+    from ..log import COLUMNS
     from ..params import GenerationParams
     from .scorers import BUILTIN, resolve_scorers
 
@@ -88,12 +89,15 @@ def evaluate(session, prompt_set, grid: dict | None = None, seeds=(0,), scorers=
         names = set(BUILTIN) if all(session.resolve(p.model).name == "shapes" for *_, p in cells) \
             else set(BUILTIN) - {"adherence"}
         scorers = {k: v for k, v in BUILTIN.items() if k in names}
-    scorers = resolve_scorers(scorers)
+    scorers = resolve_scorers(scorers, reserved=COLUMNS)
 
-    # 2. Reuse finished rows of the log, generate the rest
+    # 2. Reuse finished rows of the log, generate the rest (one bar for the design, none per image)
     done = _finished(session.log)
     rows, status = [], "ok"
     bar = _bar(len(cells), progress)
+    quiet = session.options.progress
+    if quiet:
+        session.set_options(progress=False)
     try:
         for config, i, seed, params in cells:
             want = _resolved(session, params)
@@ -112,6 +116,8 @@ def evaluate(session, prompt_set, grid: dict | None = None, seeds=(0,), scorers=
         status = "interrupted"
     finally:
         bar.close()
+        if quiet:
+            session.set_options(progress=True)
 
     # 3. Score (only what is not scored yet) and assemble
     run_ids = {r["run_id"] for r in rows}

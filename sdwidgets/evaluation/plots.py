@@ -13,7 +13,8 @@ def _axes(ax):
 
 
 def _label(row, factors) -> str:
-    return ", ".join(f"{f}={row[f]}" for f in factors) or "all"
+    """The configuration's values only (the axes say what they are): short enough to annotate a point."""
+    return " · ".join(str(row[f]) for f in factors) or "all"
 
 
 def score_vs_param(ev, x: str, score: str, by: str | None = None, ax=None):
@@ -42,6 +43,7 @@ def frontier(ev, score: str, ax=None):
     summary = ev.summary(score)
     fig, ax = _axes(ax)
     xerr = None
+    ax.set_title(" · ".join(ev.factors), fontsize=8, loc="right")
     yerr = [summary[score] - summary[f"{score}_ci_low"], summary[f"{score}_ci_high"] - summary[score]]
     ax.errorbar(summary["s_per_image"], summary[score], yerr=yerr, xerr=xerr, fmt="o", capsize=3)
     for _, row in summary.iterrows():
@@ -51,7 +53,7 @@ def frontier(ev, score: str, ax=None):
     ax.plot(best["s_per_image"], best[score], "--", color="grey", lw=1, label="frontier")
     ax.set_xlabel("seconds per image")
     ax.set_ylabel(f"{score} (mean, 95% CI)")
-    ax.set_title(f"{score} vs time · {ev.prompt_set.name}", fontsize=9)
+    ax.set_title(f"{score} vs time · {ev.prompt_set.name}", fontsize=9, loc="left")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -74,7 +76,7 @@ def best_worst(ev, score: str, k: int = 3, cell: int = 96):
 
     df = ev.df.dropna(subset=[score])
     groups = list(df.groupby(ev.factors, sort=False)) if ev.factors else [((), df)]
-    label_w, line = 150, 12
+    label_w, line = 165, 12
     out = Image.new("RGB", (label_w + 2 * k * (cell + 4) + 12, len(groups) * (cell + line + 6) + line + 4), "white")
     draw = ImageDraw.Draw(out)
     draw.text((label_w, 2), f"best {k} by {score}", fill="black")
@@ -82,7 +84,8 @@ def best_worst(ev, score: str, k: int = 3, cell: int = 96):
     for gi, (key, part) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         y0 = line + 4 + gi * (cell + line + 6)
-        draw.text((2, y0 + cell // 2), ", ".join(f"{f}={v}" for f, v in zip(ev.factors, key))[:24], fill="black")
+        for li, (f, v) in enumerate(zip(ev.factors, key)):     # one line per factor: long sampler names fit
+            draw.text((2, y0 + cell // 2 - 6 * len(key) + li * line), f"{f}={v}"[:27], fill="black")
         ranked = part.sort_values(score, ascending=False)
         picks = list(ranked.head(k).itertuples()) + [None] + list(ranked.tail(k).iloc[::-1].itertuples())
         x = label_w

@@ -123,8 +123,11 @@ class ClipScore:
 BUILTIN = {"adherence": adherence, "sharpness": sharpness, "colourfulness": colourfulness}
 
 
-def resolve_scorers(scorers) -> dict:
-    """{name: callable} from a dict, a list of built-in names/callables, or None (all built-ins that need no weights)."""
+def resolve_scorers(scorers, reserved=()) -> dict:
+    """{name: callable} from a dict, a list of built-in names/callables, or None (all built-ins that need no
+    weights); names must be identifiers not in `reserved` (the log's columns)."""
+    from .store import check_score_name
+
     if scorers is None:
         return dict(BUILTIN)
     if isinstance(scorers, str):
@@ -146,20 +149,7 @@ def resolve_scorers(scorers) -> dict:
                 raise ParamError(f"scorers: expected names or functions, got {type(item).__name__}")
         scorers = out
     for name, fn in scorers.items():
-        check_score_name(name)
+        check_score_name(name, reserved)
         if not callable(fn):
             raise ParamError(f"scorers: {name!r} is not callable (a function (image, params) -> number)")
     return dict(scorers)
-
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-
-
-def check_score_name(name) -> str:
-    from ..log import COLUMNS
-
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ParamError(f"score name must be an identifier (letters, digits, _; at most 64), got {str(name)[:40]!r}")
-    if name in COLUMNS:
-        raise ParamError(f"score name {name!r} is a column of the log already; choose another name")
-    return name

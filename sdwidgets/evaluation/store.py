@@ -9,17 +9,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
 
 SCORES = "scores.jsonl"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def check_score_name(name, reserved=()) -> str:
+    """A score's name becomes a DataFrame column: an identifier, and not one of `reserved` (the log's own)."""
+    from ..errors import ParamError
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ParamError(f"score name must be an identifier (letters, digits, _; at most 64), got {str(name)[:40]!r}")
+    if name in reserved:
+        raise ParamError(f"score name {name!r} is a column of the log already; choose another name")
+    return name
 
 
 def check_score_line(item) -> tuple[tuple[str, int], str, float | None]:
     """((run_id, image_index), name, value) of one stored line; ValueError naming what is wrong."""
-    from .scorers import _NAME
-
     if not isinstance(item, dict):
         raise ValueError("a score line must be a JSON object")
     run_id, index, name, value = item.get("run_id"), item.get("image_index"), item.get("score"), item.get("value")
@@ -98,13 +109,12 @@ class ScoreStore:
 
 
 def score_log(log, name: str, fn, *, recompute: bool = False, run_ids=None, batch_size: int = 32,
-              progress: bool = True):
+              progress: bool = True, reserved=()):
     """Apply `fn(image, params) -> number` (or a batch scorer) to the logged images that lack
     score `name` (all of them with recompute=True); store and return the column as a Series."""
     from ..errors import ParamError
-    from .scorers import check_score_name
 
-    check_score_name(name)
+    check_score_name(name, reserved)
     if not callable(fn):
         raise ParamError(f"log.score: fn must be a function (image, params) -> number, got {type(fn).__name__}")
     log.refresh()
