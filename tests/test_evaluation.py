@@ -270,6 +270,25 @@ def test_bad_designs_fail_before_any_model_work(tiny_session):
     assert s.loads == 0 and len(s.log) == 0
 
 
+@needs_model
+def test_the_log_tab_plots_a_score_against_a_parameter(steps_eval):
+    from sdwidgets.widgets.logbrowser import LogPanel
+
+    s, ev = steps_eval
+    panel = LogPanel(s)
+    try:
+        scores = panel.scores
+        assert set(scores.score.options) == {"adherence", "sharpness"}
+        assert f"shapes ({ev.prompt_set.hash})" in scores.prompt_set.options
+        scores.score.value, scores.prompt_set.value = "adherence", f"shapes ({ev.prompt_set.hash})"
+        table = scores.table().set_index("steps")
+        assert table.loc[20, "adherence"] > table.loc[2, "adherence"] and set(table["n"]) == {24}
+        scores.plot.click()
+        assert scores.figure.value[:8] == b"\x89PNG\r\n\x1a\n" and scores.status.value == ""
+    finally:
+        panel.close()
+
+
 # ----------------------------------------------------------------------------- the magic
 @needs_model
 def test_eval_magic_runs_a_design_and_keeps_the_result(session):
