@@ -96,6 +96,38 @@ def test_clip_score_without_weights_says_so_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def tiny_clip(folder):
+    """A CLIP model with random weights built from configs and saved like a downloaded one (no network)."""
+    import torch
+    from tiny_model import _tokenizer_files
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    _tokenizer_files(folder / "_tok")
+    tokenizer = CLIPTokenizer(str(folder / "_tok" / "vocab.json"), str(folder / "_tok" / "merges.txt"),
+                              model_max_length=16, pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16,
+                                         intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                         vocab_size=len(tokenizer), max_position_embeddings=16),
+                        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+                                           num_attention_heads=2, num_hidden_layers=1), projection_dim=8)
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_from_local_weights_is_a_batch_scorer_of_the_log(session, tmp_path):
+    clip = ClipScore(model=str(tiny_clip(tmp_path / "clip")))
+    session.generate("a red circle on a blue background", seed=1, steps=2, num_images=2)
+    session.generate("a blue square", seed=1, steps=2)
+    column = session.log.score("clip", clip)
+    assert len(column) == 3 and column.notna().all() and ((column >= 0) & (column <= 100)).all()
+    image = session.log.images(session.log.df["run_id"].iloc[0])[0]
+    params = {"prompt": "a red circle on a blue background"}
+    assert clip([image, image], [params, params]) == pytest.approx([column.iloc[0]] * 2, abs=1e-4)
+
+
 def test_bootstrap_intervals():
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 1.0, 200)
@@ -253,8 +285,12 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(session):
     assert set(first.df["run_id"]) <= set(again.df["run_id"])
     assert len(session.log) == logged + 16 - len(first)
     assert again.df["adherence"].notna().all()
-    third = session.evaluate(prompts, grid, seeds=[0, 1], scorers=["adherence"])
-    assert third.df["reused"].all() and len(session.log) == logged + 16 - len(first)
+    calls = []
+    counted = {"adherence": lambda image, params: calls.append(1) or 1.0}
+    fresh = sdw.Session(log_dir=session.log.dir, progress=False)      # a new kernel on the same log
+    third = fresh.evaluate(prompts, grid, seeds=[0, 1], scorers=counted)
+    assert third.df["reused"].all() and len(fresh.log) == logged + 16 - len(first)
+    assert calls == [] and third.df["adherence"].tolist() == again.df["adherence"].tolist()   # stored, not rescored
 
 
 def test_bad_designs_fail_before_any_model_work(tiny_session):
