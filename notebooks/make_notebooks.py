@@ -94,6 +94,53 @@ NOTEBOOKS = {
                "diffusion explainer in one place. Generation runs in the background: Stop works."),
         ("code", "import sdwidgets as sdw\n\ndashboard = sdw.Dashboard()\ndashboard"),
     ],
+    "06-evaluate.ipynb": [
+        ("md", "# Answer a question with an evaluation\n\nWhich sampler and step count give the best prompt adherence "
+               "for the time they take? Not by looking at four images: a fixed prompt set, a fixed metric, the same "
+               "seeds for every setting, and error bars. On the embedded model the metric is exact: its analyser "
+               "reads colour, shape, position and size off the pixels, and `adherence` is the fraction of what the "
+               "prompt names that the image shows."),
+        ("code", "import sdwidgets as sdw\n\ns = sdw.session()\ncolours = [\"red\", \"green\", \"blue\", \"yellow\", "
+                 "\"purple\", \"orange\", \"white\", \"black\"]\n"
+                 "prompts = sdw.PromptSet.from_template(\n    \"a {size} {color} {shape} {where} on a {bg} background\",\n"
+                 "    {\"size\": [\"small\", \"large\"], \"color\": colours, \"shape\": [\"circle\", \"square\", "
+                 "\"triangle\"],\n     \"where\": [\"on the left\", \"on the right\", \"at the top\", \"at the bottom\", "
+                 "\"in the center\"], \"bg\": colours},\n    n=12, seed=0, name=\"shapes12\", distinct=[(\"color\", "
+                 "\"bg\")])\nprint(prompts)\nlist(prompts)[:3]"),
+        ("md", "The prompt set has a name and a content hash; both go into the log with every image it produces. "
+               "The design: 2 samplers x 3 step counts x 12 prompts, one seed (more seeds: narrower intervals). "
+               "Every image is a logged run, so an interrupted evaluation resumes where it stopped."),
+        ("code", "ev = s.evaluate(prompts, grid={\"sampler\": [\"Euler\", \"DPM++ 2M Karras\"], \"steps\": [3, 8, 20]},\n"
+                 "                seeds=[0], scorers=[\"adherence\", \"sharpness\"])\nev"),
+        ("md", "`summary()` gives the mean of each score per configuration with a 95% bootstrap interval, and the "
+               "seconds per image. Adherence per second is one line of pandas:"),
+        ("code", "summary = ev.summary(\"adherence\")\nsummary.assign(adherence_per_s=summary.adherence / "
+                 "summary.s_per_image).sort_values(\"adherence_per_s\", ascending=False)"),
+        ("md", "Adherence per second favours the cheapest setting whatever it draws. The better question: what is "
+               "the fastest configuration that cannot be told apart from the best one? A paired comparison (same "
+               "prompts, same seeds) says plainly whether a difference is real or within noise:"),
+        ("code", "print(ev.compare({\"steps\": 20, \"sampler\": \"Euler\"}, {\"steps\": 3, \"sampler\": \"Euler\"}, "
+                 "score=\"adherence\"))\n"
+                 "best = summary.sort_values(\"adherence\").iloc[-1]\nbest = {\"sampler\": best.scheduler, \"steps\": "
+                 "best.steps}\nfor row in summary.sort_values(\"s_per_image\").itertuples():\n"
+                 "    diff = ev.compare({\"sampler\": row.scheduler, \"steps\": row.steps}, best, score=\"adherence\")\n"
+                 "    if diff.within_noise:\n        print(f\"fastest within noise of the best: {row.scheduler}, "
+                 "{row.steps} steps, {row.s_per_image:.2f} s per image\")\n        print(diff)\n        break"),
+        ("code", "%matplotlib inline\nev.plot(\"steps\", \"adherence\");"),
+        ("code", "ev.frontier(\"adherence\");"),
+        ("md", "The best and the worst images of each configuration, to see what the score punishes:"),
+        ("code", "ev.best_worst(\"adherence\", k=3)"),
+        ("md", "## From a cell\n`%%sd --eval SET` runs the same kind of design; the sweeps make the grid and the "
+               "cell body names the scores. Everything here is already in the log, so nothing is generated again."),
+        ("code", "%load_ext sdwidgets"),
+        ("code", "%%sd --eval prompts --sweep steps=3,20 --sweep sampler=\"Euler\" --out again\nadherence"),
+        ("code", "again.df.reused.all()"),
+        ("md", "## Your own score\n`log.score(name, fn)` applies `fn(image, params) -> number` to every logged "
+               "image that lacks it and stores it beside the log (`scores.jsonl`): it survives a restart and is "
+               "never computed twice."),
+        ("code", "import numpy as np\n\ns.log.score(\"brightness\", lambda image, params: float(np.asarray(image).mean()))\n"
+                 "s.log.df[[\"prompt_set\", \"steps\", \"scheduler\", \"adherence\", \"brightness\"]].tail()"),
+    ],
 }
 
 

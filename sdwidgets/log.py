@@ -3,6 +3,7 @@
 Layout of a log folder:
     records.jsonl     one JSON object per image, appended (never rewritten)
     images/           <run_id>-<i>.png with A1111 "parameters" text + our JSON chunk
+    scores.jsonl      scores of images by (run_id, image_index), appended (log.score)
     inputs/           init and control images by content hash (what rerun needs)
 
 A record is written with a single append of one line; a torn last line (a crash
@@ -19,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from .errors import ParamError
+from .evaluation.store import ScoreStore
 from .images import data_url, file_sha256, image_sha256, stored_inputs
 from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
@@ -28,9 +30,10 @@ COLUMNS = [
     "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "width", "height", "loras",
     "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype", "preview",
     "torch_version", "diffusers_version", "image_path", "image_sha256", "safety_checker", "nsfw",
-    "source", "prompt_template", "template_values", "tags", "error", "params",
+    "source", "prompt_template", "template_values", "prompt_set", "prompt_set_hash", "tags", "error", "params",
 ]
-_TAG_COLUMNS = {"source": "source", "template": "prompt_template", "values": "template_values"}
+_TAG_COLUMNS = {"source": "source", "template": "prompt_template", "values": "template_values",
+                "prompt_set": "prompt_set", "prompt_set_hash": "prompt_set_hash"}
 
 # What a record read from a file must look like (records are data from strangers).
 _REQUIRED = ("run_id", "image_index", "created", "params")
@@ -102,6 +105,7 @@ class ExperimentLog:
         self._df = None
         self._offset = 0
         self._torn_warned = None
+        self.scores = ScoreStore(self.dir)
         self.refresh()
 
     # ---- reading -----------------------------------------------------------------------
@@ -135,6 +139,7 @@ class ExperimentLog:
                     self._torn_warned = (self._offset, len(tail))
                     warnings.warn(f"{self.path}: skipped a torn last record ({len(tail)} bytes), probably from "
                                   "a crash", stacklevel=2)
+        self.scores.refresh()
         self._df = None
 
     def _read_new(self) -> bytes:
@@ -166,6 +171,7 @@ class ExperimentLog:
         if self._df is None:
             self._df = pd.DataFrame(self._records, columns=COLUMNS)
             self._df["created"] = pd.to_datetime(self._df["created"], format="ISO8601", utc=True)
+            self._df = self.scores.attach(self._df)      # one column per score (log.score)
         return self._df.copy()
 
     def __len__(self) -> int:
@@ -266,6 +272,7 @@ class ExperimentLog:
             "strength": params.strength, "duration_s": round(run.duration_s, 4), "error": run.error,
             "source": run.tags.get("source", "api"), "prompt_template": run.tags.get("template"),
             "template_values": json.dumps(run.tags["values"]) if "values" in run.tags else None,
+            "prompt_set": run.tags.get("prompt_set"), "prompt_set_hash": run.tags.get("prompt_set_hash"),
             # the other tags (rerun_of, sweep, ...) as JSON, so reruns and sweeps stay traceable
             "tags": json.dumps({k: v for k, v in run.tags.items() if k not in _TAG_COLUMNS}, default=str),
             **context,
@@ -363,6 +370,14 @@ class ExperimentLog:
     def compare(self, run_ids, columns=None) -> "Comparison":
         """Images of several runs side by side, the parameters that differ highlighted."""
         return Comparison(self, list(run_ids), columns)
+
+    def score(self, name: str, fn, *, recompute: bool = False, run_ids=None, progress: bool = True):
+        """Score the logged images that lack `name` with fn(image, params) -> number (or a batch scorer,
+        fn.batch = True); stored in scores.jsonl, so the column survives restarts. Returns the column."""
+        from .evaluation.store import score_log
+
+        return score_log(self, name, fn, recompute=recompute, run_ids=run_ids, progress=progress,
+                         reserved=COLUMNS)
 
     def last(self, n: int = 10):
         return self.df.tail(n)

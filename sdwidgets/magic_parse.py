@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
         help="run once per value; one sweep makes a row, two a grid (seed=1..8, cfg=3,5,7, "
              'sampler="Euler a","DDIM", lora:NAME=0,0.5,1, or a {variable} of the prompt)')
+    add("--eval", metavar="SET", help="evaluate on a prompt set (a notebook variable or a .txt/.csv/.jsonl file); "
+        "the sweeps make the grid, the cell body names the scores (adherence, sharpness, colourfulness, clip)")
     add("-h", "--help", action="store_true", help="show this help")
     return p
 

@@ -101,6 +101,10 @@ class SDMagic(Magics):
         args = parse_line(line, ns)
         if args.help:
             return None
+        if args.eval is not None:       # an evaluation design (sdwidgets.evaluation)
+            from .evaluation.magic import eval_plan
+
+            return eval_plan(self, args, cell)
         if not cell.strip():
             raise ParamError("the cell is empty: write the prompt in the cell body, under %%sd")
         fields = template_fields(cell)
@@ -187,6 +191,8 @@ class SDMagic(Magics):
 
     def execute(self, plan: Plan):
         """Run the plan with a live preview and progress; display and return the Run (or SweepResult)."""
+        if not isinstance(plan, Plan):
+            return plan.execute(self)
         for note in plan.notes:
             print(note)
         session = self.session

@@ -337,6 +337,16 @@ class Session:
                 self._active -= 1
                 self._stop.clear()     # the request ends with the run it stopped
 
+    def evaluate(self, prompt_set, grid: dict | None = None, seeds=(0,), scorers=None, **kwargs):
+        """Run a design (grid configurations x prompts x seeds, one logged image each) and score it.
+
+        Resumable: cells already in the log with the same parameters are reused. Returns an
+        Evaluation (.df, .summary(), .compare(a, b, score), plots); see sdwidgets.evaluation.
+        """
+        from .evaluation.design import evaluate
+
+        return evaluate(self, prompt_set, grid, seeds, scorers, **kwargs)
+
     def _check_loras(self, ref: ModelRef, params: GenerationParams) -> None:
         known = self._known_loras(ref) if params.loras else {}
         for name, _ in params.loras:

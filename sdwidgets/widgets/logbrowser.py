@@ -11,6 +11,7 @@ from ..images import data_url
 from ..run import shorten
 from .actions import ImageActions
 from .base import Panel, image_value, image_widget, message, short_error
+from .scoreplot import ScorePlotPanel
 
 THUMB = 40
 
@@ -32,6 +33,7 @@ class LogPanel(Panel):
         self.details = W.HTML()
         self.actions = ImageActions()      # Save, Copy parameters, Send to ... for the selected run
         self.comparison = W.HTML()
+        self.scores = ScorePlotPanel(session)     # mean score vs a parameter, with error bars
         self._select_listeners, self._rerun_listeners = [], []
         self._thumbs: dict = {}
         self._refreshing = False
@@ -41,7 +43,8 @@ class LogPanel(Panel):
         self.on_click(self.compare, self._compare_clicked)
         self.root = W.VBox([self.table, self.select,
                             W.HBox([self.rerun, self.to_prompt, self.compare, self.fill_on_select]),
-                            W.HBox([self.image, self.details]), self.actions.root, self.comparison])
+                            W.HBox([self.image, self.details]), self.actions.root, self.comparison,
+                            W.Accordion(children=[self.scores.root], titles=("Scores",))])
         self.refresh()
 
     def on_select(self, callback) -> None:
@@ -75,6 +78,7 @@ class LogPanel(Panel):
             self._thumbs = {k: self._thumbs[k] for k in shown}     # only the rows on show: no growth over a session
         finally:
             self._refreshing = False
+        self.scores.refresh()
 
     def _thumb_key(self, record):
         try:
@@ -168,6 +172,7 @@ class LogPanel(Panel):
 
     def close(self) -> None:
         self.actions.close()
+        self.scores.close()
         self._select_listeners.clear()
         self._rerun_listeners.clear()
         super().close()
