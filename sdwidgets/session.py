@@ -13,10 +13,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .controlnet import HUB_CONTROLNETS, model_family
+from . import families
+from .controlnet import HUB_CONTROLNETS
 from .errors import OutOfMemoryError, ParamError
 from .log import ExperimentLog
-from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info
+from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info, lora_shapes
 from .models import ModelRef, builtin_assets, dtype_kwargs, load_pipeline, resolve, weights_hash
 from .options import Options
 from .options import apply as apply_options
@@ -37,6 +38,7 @@ class LoadedModel:
     original_scheduler: object                      # the model's own, pristine
     weights_hash: str
     latent_rgb: object
+    family: str = "sd1"                             # families.detect, from the component configs
     variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
@@ -107,7 +109,8 @@ class Session:
         if self.options.cpu_offload is None:
             pipe.to(self.device)
         apply_options(pipe, self.options, self.device)
-        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref), factors_for(pipe, builtin_assets(ref)))
+        loaded = LoadedModel(ref, pipe, pipe.scheduler, weights_hash(ref), factors_for(pipe, builtin_assets(ref)),
+                             family=families.detect(pipe))
         self._models[ref.key] = loaded
         return loaded
 
@@ -172,7 +175,7 @@ class Session:
     def controlnet_source(self, kind: str, model: str | None = None) -> str | None:
         """Where the `kind` ControlNet for `model` comes from (None: none known before loading)."""
         ref = self.resolve(model)
-        family = model_family(self._models[ref.key].pipe) if ref.key in self._models else None
+        family = self._models[ref.key].family if ref.key in self._models else None
         return self._controlnet_source(ref, kind, family)
 
     def _controlnet_source(self, ref: ModelRef, kind: str, family: str | None = None) -> str | None:
@@ -253,6 +256,7 @@ class Session:
 
         # 2. Load (once) and pick the pipeline that shares the loaded components
         loaded = self._load(ref)
+        families.check_sampler(loaded.family, params.scheduler)
         pipe = self._variant(loaded, params)
         width, height = (params.width or loaded.native_size[0]), (params.height or loaded.native_size[1])
         factor = loaded.pipe.vae_scale_factor
@@ -330,20 +334,33 @@ class Session:
         if kind not in loaded.controlnets:
             import diffusers
 
-            source = self._controlnet_source(loaded.ref, kind, model_family(loaded.pipe))
+            source = self._controlnet_source(loaded.ref, kind, loaded.family)
             if source is None:
-                raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r}")
-            net = diffusers.ControlNetModel.from_pretrained(source, **dtype_kwargs(self.dtype))
+                raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r} ({loaded.family})")
+            cls_name = families.FAMILIES[loaded.family].controlnet_class or "ControlNetModel"
+            cls = getattr(diffusers, cls_name)
+            config = cls.load_config(source)    # config only: a wrong family fails before any weights load
+            families.check_controlnet(loaded.family, config, config.get("_class_name", cls_name), source,
+                                      dict(self._denoiser(loaded).config))
+            net = cls.from_pretrained(source, **dtype_kwargs(self.dtype))
             loaded.controlnets[kind] = net.to(self.device) if self.options.cpu_offload is None else net
         return loaded.controlnets[kind]
 
     def _load_loras(self, loaded: LoadedModel, params: GenerationParams) -> None:
         known = self._known_loras(loaded.ref)
+        for name, _ in params.loras:   # check them all before loading any: a mismatch leaves the model as it was
+            if name not in loaded.loras and known[name].path.suffix.lower() == ".safetensors":
+                families.check_lora(loaded.family, self._denoiser(loaded).config.get("cross_attention_dim"), name,
+                                    lora_shapes(known[name].path))
         for name, _ in params.loras:
             if name not in loaded.loras:
                 with quiet_diffusers():   # "no LoRA keys for the text encoder" is expected for UNet LoRAs
                     loaded.pipe.load_lora_weights(str(known[name].path), adapter_name=name)
                 loaded.loras.add(name)
+
+    @staticmethod
+    def _denoiser(loaded: LoadedModel):
+        return getattr(loaded.pipe, "unet", None) or loaded.pipe.transformer
 
     @staticmethod
     def _call_arguments(params: GenerationParams, width: int, height: int, seed: int) -> dict:
@@ -380,7 +397,9 @@ class Session:
             import resource
 
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # process peak RSS (KiB on Linux)
+        mode = families.speed_mode(run.sampler, [n for n, s in run.params.loras if s], loaded.ref.name)
         return {"model": loaded.ref.name, "model_hash": loaded.weights_hash, "scheduler": run.sampler,
+                "family": families.label(loaded.family, mode),
                 "width": width, "height": height, "peak_memory_mb": round(peak, 1), "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "torch_version": torch.__version__,
                 "diffusers_version": diffusers.__version__,
