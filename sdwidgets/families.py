@@ -126,16 +126,31 @@ def lora_cross_attention_dim(keys_and_shapes: dict) -> int | None:
     return None
 
 
-def family_of_width(width: int | None) -> str:
+def lora_family(keys_and_shapes: dict) -> str | None:
+    """The family a LoRA file was made for, from its tensor names and shapes (None: cannot tell)."""
+    keys = [k.lower() for k in keys_and_shapes]
+    if any(k.startswith(("transformer.", "lora_transformer_")) or "joint_blocks" in k for k in keys):
+        return "sd3"
+    width = lora_cross_attention_dim(keys_and_shapes)
     for family in FAMILIES.values():
         if family.cross_attention_dim == width:
             return family.name
-    return f"a model with {width}-wide text conditioning" if width else "an unknown family"
+    # SDXL: a second text encoder, or several transformer layers per block (SD 1/2 have one)
+    if any("text_encoder_2" in k or "lora_te2_" in k or "transformer_blocks.1." in k or "transformer_blocks_1_" in k
+           for k in keys):
+        return "sdxl"
+    return None
 
 
-def check_lora(model_family: str, model_cross_dim: int, lora_name: str, keys_and_shapes: dict) -> None:
-    """ParamError naming both families if a LoRA was trained for another family."""
+def check_lora(model_family: str, model_cross_dim: int | None, lora_name: str, keys_and_shapes: dict) -> None:
+    """ParamError naming both families if a LoRA was made for another family."""
+    found = lora_family(keys_and_shapes)
+    if found is None and model_family == "sd3" and any("unet" in k.lower() for k in keys_and_shapes):
+        found = "UNet (sd1/sd2/sdxl)"
     width = lora_cross_attention_dim(keys_and_shapes)
-    if width is not None and width != model_cross_dim:
-        raise ParamError(f"loras: {lora_name!r} is for {family_of_width(width)} ({width}-wide text conditioning); "
-                         f"this model is {model_family} ({model_cross_dim}-wide)")
+    sdxl_pair = {found, model_family} <= {"sdxl", "sdxl-refiner"}
+    wrong_width = width is not None and model_cross_dim is not None and width != model_cross_dim
+    if (found is not None and found != model_family and not sdxl_pair) or wrong_width:
+        described = found or f"a model with {width}-wide text conditioning"
+        raise ParamError(f"loras: {lora_name!r} is for {described} models; this model is {model_family}"
+                         + (f" ({width}- vs {model_cross_dim}-wide text conditioning)" if wrong_width else ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import secrets
 import threading
 import time
@@ -281,7 +282,10 @@ class Session:
         try:
             for i in range(params.num_images):
                 pipe.scheduler = recorder.start_image(i, make_scheduler(params.scheduler, loaded.original_scheduler))
-                out = pipe(**self._call_arguments(params, width, height, params.seed + i), callback_on_step_end=recorder)
+                call = self._call_arguments(params, width, height, params.seed + i)
+                if params.controls and params.init_image is None and "image" not in inspect.signature(pipe.__call__).parameters:
+                    call["control_image"] = call.pop("image")    # SD3's ControlNet pipeline names it so
+                out = pipe(**call, callback_on_step_end=recorder)
                 run.images += out.images
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
@@ -315,12 +319,16 @@ class Session:
         """txt2img is the loaded pipe; img2img/ControlNet pipes reuse its components (from_pipe)."""
         import diffusers
 
+        refiner = loaded.family == "sdxl-refiner"
+        if refiner and params.init_image is None:
+            raise ParamError(f"init_image: {loaded.ref.name!r} is an SDXL refiner, it only refines an image; "
+                             "pass init_image (image-to-image)")
         if params.task == "txt2img":
             return loaded.pipe
         kinds = tuple(c.kind for c in params.controls)
         key = (params.task, kinds)
         if key not in loaded.variants:
-            extra = {}
+            extra = {"requires_aesthetics_score": True} if refiner else {}
             if kinds:
                 nets = [self._controlnet(loaded, k) for k in kinds]
                 extra["controlnet"] = nets[0] if len(nets) == 1 else nets
