@@ -151,6 +151,6 @@ def check_lora(model_family: str, model_cross_dim: int | None, lora_name: str, k
     sdxl_pair = {found, model_family} <= {"sdxl", "sdxl-refiner"}
     wrong_width = width is not None and model_cross_dim is not None and width != model_cross_dim
     if (found is not None and found != model_family and not sdxl_pair) or wrong_width:
-        described = found or f"a model with {width}-wide text conditioning"
-        raise ParamError(f"loras: {lora_name!r} is for {described} models; this model is {model_family}"
+        described = f"{found} models" if found else f"models with {width}-wide text conditioning"
+        raise ParamError(f"loras: {lora_name!r} is for {described}; this model is {model_family}"
                          + (f" ({width}- vs {model_cross_dim}-wide text conditioning)" if wrong_width else ""))
