@@ -285,7 +285,8 @@ class Session:
                 call = self._call_arguments(params, width, height, params.seed + i)
                 if params.controls and params.init_image is None and "image" not in inspect.signature(pipe.__call__).parameters:
                     call["control_image"] = call.pop("image")    # SD3's ControlNet pipeline names it so
-                out = pipe(**call, callback_on_step_end=recorder)
+                with _seeded_global_rng(params.seed + i, self.device):
+                    out = pipe(**call, callback_on_step_end=recorder)
                 run.images += out.images
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
@@ -435,6 +436,17 @@ def quiet_diffusers():
         yield
     finally:
         dlog.set_verbosity(level)
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: str):
+    """Randomness a pipeline draws without our generator (SD3 ControlNet samples its control latent
+    that way) becomes a function of the seed; the caller's global RNG state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def new_run_id() -> str:
