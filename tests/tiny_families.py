@@ -178,27 +178,49 @@ def _wake(net, seed):
                 p.normal_(0, 0.3)
 
 
-def build_lora(model_folder, out_file, seed: int = 0):
-    """A diffusers-format LoRA on the denoiser's attention (UNet or SD3 transformer)."""
+def lora_layers(model_folder, seed: int = 0, targets=("to_q", "to_k", "to_v", "to_out.0")) -> dict:
+    """peft LoRA weights (lora_A/lora_B, diffusers module names) on the denoiser, made to visibly act."""
     import torch
     from diffusers import DiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
     pipe = DiffusionPipeline.from_pretrained(model_folder)
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(targets)))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in denoiser.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    layers = get_peft_model_state_dict(denoiser)
+    return get_peft_model_state_dict(denoiser)
+
+
+def build_lora(model_folder, out_file, seed: int = 0):
+    """A LoRA in peft/diffusers format on the denoiser's attention (UNet or SD3 transformer).
+
+    The peft keys are saved as they are: diffusers' `convert_state_dict_to_diffusers` would rename
+    the attention layers to an older layout that load_lora_weights then drops.
+    """
+    from diffusers import DiffusionPipeline
+
+    layers = lora_layers(model_folder, seed)
     out_file = Path(out_file)
-    if hasattr(pipe, "unet"):
-        type(pipe).save_lora_weights(str(out_file.parent), unet_lora_layers=convert_state_dict_to_diffusers(layers),
-                                     weight_name=out_file.name)
-    else:
-        type(pipe).save_lora_weights(str(out_file.parent), transformer_lora_layers=layers, weight_name=out_file.name)
+    cls = type(DiffusionPipeline.from_pretrained(model_folder))
+    role = "transformer_lora_layers" if any(".attn.to_" in k for k in layers) and "sd3" in cls.__name__.lower() \
+        or cls.__name__.startswith("StableDiffusion3") else "unet_lora_layers"
+    cls.save_lora_weights(str(out_file.parent), **{role: layers}, weight_name=out_file.name)
     return out_file
+
+
+def to_kohya(layers: dict, rank: int = 4) -> dict:
+    """The same LoRA in kohya-ss / AUTOMATIC1111 layout (the inverse of diffusers' converter naming):
+    lora_unet_<module path with _>.lora_down.weight / .lora_up.weight / .alpha."""
+    import torch
+
+    out = {}
+    for key, value in layers.items():
+        module, kind = key.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(rank))
+    return out
