@@ -23,7 +23,7 @@ PREPROCESSORS: dict[str, tuple[str, bool, dict]] = {
     "mlsd": ("MLSDdetector", True, {}),
     "normal": ("NormalBaeDetector", True, {}),
 }
-# ControlNet checkpoints per (model family, kind) for users with a network.
+# ControlNet checkpoints per (model family, kind) for users with a network (families.detect names the family).
 HUB_CONTROLNETS = {
     ("sd1", "canny"): "lllyasviel/control_v11p_sd15_canny",
     ("sd1", "depth"): "lllyasviel/control_v11f1p_sd15_depth",
@@ -197,7 +197,3 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
     except OSError:
         return False
 
-
-def model_family(pipe) -> str:
-    name = type(pipe).__name__
-    return "sdxl" if "XL" in name else "sd3" if "3" in name else "sd1"

@@ -26,7 +26,8 @@ from .params import INFOTEXT_KEY, JSON_KEY, GenerationParams
 
 RECORDS = "records.jsonl"
 COLUMNS = [
-    "run_id", "image_index", "batch_index", "batch_size", "created", "status", "model", "model_hash", "pipeline", "prompt",
+    "run_id", "image_index", "batch_index", "batch_size", "created", "status", "model", "model_hash", "family",
+    "pipeline", "prompt",
     "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "width", "height", "loras",
     "controls", "init_image_sha256", "strength", "duration_s", "peak_memory_mb", "device", "dtype", "preview",
     "torch_version", "diffusers_version", "image_path", "image_sha256", "safety_checker", "nsfw",

@@ -21,13 +21,39 @@ class LoraInfo:
 
     @property
     def trigger_words(self) -> list[str]:
-        words = self.metadata.get("trigger_words") or self.metadata.get("ss_tag_frequency") or []
+        # ours (sdwidgets.trigger_words), civitai-style trigger_words, else kohya's caption tag counts
+        words = self.metadata.get("sdwidgets.trigger_words") or self.metadata.get("trigger_words") or []
+        if not words and self.metadata.get("ss_tag_frequency"):
+            return _kohya_tags(self.metadata["ss_tag_frequency"])
         if isinstance(words, str):
             try:
                 words = json.loads(words)
             except json.JSONDecodeError:
                 words = [w.strip() for w in words.split(",") if w.strip()]
         return list(words) if isinstance(words, (list, tuple)) else list(words.keys()) if isinstance(words, dict) else []
+
+
+def _kohya_tags(frequency, top: int = 5) -> list[str]:
+    """kohya's ss_tag_frequency: {dataset folder: {tag: count}} -> the most frequent tags."""
+    if isinstance(frequency, str):
+        try:
+            frequency = json.loads(frequency)
+        except json.JSONDecodeError:
+            return []
+    counts: dict[str, int] = {}
+    for tags in (frequency.values() if isinstance(frequency, dict) else []):
+        for tag, n in (tags.items() if isinstance(tags, dict) else []):
+            if isinstance(n, (int, float)):
+                counts[str(tag).strip()] = counts.get(str(tag).strip(), 0) + int(n)
+    return sorted(counts, key=lambda t: (-counts[t], t))[:top]
+
+
+def lora_shapes(path) -> dict:
+    """Tensor name -> shape from a safetensors header (no weights read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def lora_info(path, name: str | None = None, *, allow_unsafe: bool = False) -> LoraInfo:

@@ -83,6 +83,7 @@ def apply(pipe, options: Options, device: str) -> None:
             vae.enable_slicing() if options.vae_slicing else vae.disable_slicing()
         if changed("vae_tiling", options.vae_tiling):
             vae.enable_tiling() if options.vae_tiling else vae.disable_tiling()
+    was_xformers = applied.get("xformers", False)
     if changed("xformers", options.xformers):
         if options.xformers:
             try:
@@ -90,7 +91,7 @@ def apply(pipe, options: Options, device: str) -> None:
             except (ImportError, ModuleNotFoundError, ValueError) as exc:
                 applied["xformers"] = False
                 raise ParamError(f"xformers is not usable here ({exc}); PyTorch's SDPA attention is used by default") from None
-        elif applied.get("xformers") is not None:
+        elif was_xformers:   # only undo our own: disabling resets SD3's joint attention processors
             pipe.disable_xformers_memory_efficient_attention()
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     channels_last = options.channels_last or options.fast

@@ -84,8 +84,13 @@ class GenerationParams:
             raise ParamError(f"model must be a string (alias, folder, file or hub id), got {type(self.model).__name__}")
         if self.model is not None:
             set_("model", str(self.model))
-        # 5. LoRAs: {"name": strength} or pairs
-        set_("loras", self._normalise_loras(self.loras))
+        # 5. LoRAs: {"name": strength} or pairs, plus A1111's <lora:name:weight> in the prompts
+        loras = self._normalise_loras(self.loras)
+        for name in ("prompt", "negative_prompt"):
+            text, tagged = prompt_loras(getattr(self, name))
+            set_(name, text)
+            loras = _merge_loras(loras, tagged)
+        set_("loras", loras)
         # 6. Controls
         set_("controls", self._normalise_controls(self.controls))
         # 7. img2img
@@ -223,6 +228,42 @@ class GenerationParams:
         from .image_import import read_params
 
         return read_params(path, cls)
+
+
+_LORA_TAG = re.compile(r"<lora:([^:<>]*)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+
+
+def prompt_loras(text: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """Remove AUTOMATIC1111 `<lora:name:weight>` tags (weight 1 if left out) from a prompt.
+
+    Returns the prompt without them (spaces tidied) and the (name, strength) pairs found.
+    """
+    found = []
+    for match in _LORA_TAG.finditer(text):
+        name, weight = match.group(1).strip(), (match.group(2) or "1").strip()
+        if not name:
+            raise ParamError(f"prompt: {match.group(0)!r} has no LoRA name; write <lora:name:0.8>")
+        try:
+            strength = float(weight)
+        except ValueError:
+            raise ParamError(f"prompt: {match.group(0)!r}: the weight must be a number, got {weight!r}") from None
+        found.append((name, check_number(f"loras[{name!r}]", strength, -4.0, 4.0)))
+    if not found:
+        return text, ()
+    cleaned = _LORA_TAG.sub(" ", text)
+    cleaned = re.sub(r",(\s*,)+", ",", re.sub(r"\s+,", ",", cleaned))     # "a, <lora:x>, b" -> "a, b"
+    cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip().strip(",").strip()
+    return cleaned, tuple(found)
+
+
+def _merge_loras(given: tuple, tagged: tuple) -> tuple:
+    merged = dict(given)
+    for name, strength in tagged:
+        if name in merged and merged[name] != strength:
+            raise ParamError(f"loras: {name!r} is given twice with different strengths ({merged[name]:g} and "
+                             f"{strength:g}, from <lora:{name}:...> in the prompt); keep one")
+        merged[name] = strength
+    return tuple(merged.items())
 
 
 def infotext_settings(fields: dict) -> dict:

@@ -31,6 +31,8 @@ SD3_FACTORS = [
 ]
 SD3_BIAS = [0.2394, 0.2135, 0.1925]
 FACTORS_FILE = "preview_factors.json"
+# Family table key (families.Family.preview) -> (factors, bias)
+PUBLIC_FACTORS = {"sd1": (SD15_FACTORS, [0.0, 0.0, 0.0]), "sdxl": (SDXL_FACTORS, SDXL_BIAS), "sd3": (SD3_FACTORS, SD3_BIAS)}
 
 
 @dataclass
@@ -76,14 +78,13 @@ def factors_for(pipe, asset_dir: Path | None = None) -> LatentRGB:
     for folder in (asset_dir, _folder_of(pipe)):
         if folder is not None and (Path(folder) / FACTORS_FILE).is_file():
             return LatentRGB.load(Path(folder) / FACTORS_FILE)
-    channels = pipe.vae.config.latent_channels
-    name = type(pipe).__name__
-    if channels == 16 and "3" in name:
-        return LatentRGB(SD3_FACTORS, SD3_BIAS)
-    if channels == 4 and "XL" in name:
-        return LatentRGB(SDXL_FACTORS, SDXL_BIAS)
-    if channels == 4 and pipe.vae.config.get("block_out_channels", [0])[-1] == 512:  # the SD1/2 VAE
-        return LatentRGB(SD15_FACTORS, [0.0, 0.0, 0.0])
+    from .families import FAMILIES, detect
+
+    family = FAMILIES[detect(pipe)]
+    vae = pipe.vae.config
+    # the public factors describe the full-size VAEs (512-wide last block); any other VAE gets a fit
+    if vae.latent_channels == family.latent_channels and vae.get("block_out_channels", [0])[-1] == 512:
+        return LatentRGB(*PUBLIC_FACTORS[family.preview])
     return fit_latent_rgb(pipe.vae)
 
 
@@ -191,11 +192,12 @@ class StepRecorder:
 
         @functools.wraps(step)  # keeps the signature: pipelines pass `generator` only if step() takes it
         def step_and_capture(*args, **kwargs):
+            names = ("model_output", "timestep", "sample")
+            inputs = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+            flow_x0 = _flow_x0(scheduler, **inputs)    # needs the sigma before step() advances it
             out = step(*args, **kwargs)
-            self._x0 = _predicted_x0(scheduler, out)
-            if self._x0 is None:    # e.g. PNDM/PLMS: derive x0 from the model output
-                names = ("model_output", "timestep", "sample")
-                inputs = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+            self._x0 = flow_x0 if flow_x0 is not None else _predicted_x0(scheduler, out)
+            if self._x0 is None:    # e.g. PNDM/PLMS, TCD: derive x0 from the model output
                 self._x0 = _x0_from_model_output(scheduler, **inputs)
             return out
 
@@ -321,8 +323,20 @@ def _side_by_side(per_image: list[list]) -> list:
     return [grid([f[min(k, len(f) - 1)] for f in per_image], pad=0) for k in range(n)]
 
 
+def _flow_x0(scheduler, model_output=None, timestep=None, sample=None):
+    """Flow matching (SD3): x_t = (1 - sigma) x0 + sigma noise and the model predicts noise - x0."""
+    if not type(scheduler).__name__.startswith("FlowMatch") or model_output is None or sample is None:
+        return None
+    if scheduler.step_index is None:
+        scheduler._init_step_index(timestep)
+    sigma = scheduler.sigmas[scheduler.step_index].to(sample)
+    return sample - sigma * model_output
+
+
 def _predicted_x0(scheduler, out):
     """x0 from a scheduler step: most return it; multistep solvers keep it in model_outputs."""
+    if type(scheduler).__name__ == "TCDScheduler":
+        return None     # its second output is the re-noised sample, not x0
     if isinstance(out, tuple):   # pipelines call step(..., return_dict=False): (prev_sample, x0, ...)
         return out[1] if len(out) > 1 and out[1] is not None and out[1].shape == out[0].shape else \
             _from_model_outputs(scheduler)

@@ -29,7 +29,8 @@ from .errors import ParamError
 
 METHODS = ("tiny", "approx", "full", "none")
 TINY_FOLDER = "vae-tiny"
-HUB_TINY = {"sd1": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl", "sd3": "madebyollin/taesd3"}
+HUB_TINY = {"sd1": "madebyollin/taesd", "sd2": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl",
+            "sdxl-refiner": "madebyollin/taesdxl", "sd3": "madebyollin/taesd3"}   # by families.detect
 
 
 def check_method(value) -> None:

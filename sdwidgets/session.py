@@ -6,7 +6,9 @@ denoise with the StepRecorder, record in the log.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import inspect
 import secrets
 import sys
 import threading
@@ -15,10 +17,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .controlnet import HUB_CONTROLNETS, model_family
+from . import families
+from .controlnet import HUB_CONTROLNETS
 from .errors import OutOfMemoryError, ParamError
 from .log import ExperimentLog
-from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info
+from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info, lora_shapes
 from .models import ModelRef, builtin_assets, dtype_kwargs, load_pipeline, resolve, weights_hash
 from .options import Options
 from .options import apply as apply_options
@@ -43,6 +46,7 @@ class LoadedModel:
     original_scheduler: object                      # the model's own, pristine
     hash_future: object                             # concurrent.futures.Future of the content hash
     latent_rgb: object
+    family: str = "sd1"                             # families.detect, from the component configs
     variants: dict = field(default_factory=dict)    # (task, control kinds) -> pipeline sharing components
     controlnets: dict = field(default_factory=dict) # kind -> ControlNetModel
     loras: set = field(default_factory=set)         # adapter names loaded into the denoiser
@@ -141,7 +145,8 @@ class Session:
         if self.options.cpu_offload is None:
             pipe.to(self.device)
         apply_options(pipe, self.options, self.device)
-        loaded = LoadedModel(ref, pipe, pipe.scheduler, hashing, factors_for(pipe, builtin_assets(ref)))
+        loaded = LoadedModel(ref, pipe, pipe.scheduler, hashing, factors_for(pipe, builtin_assets(ref)),
+                             family=families.detect(pipe))
         self._models[ref.key] = loaded
         return loaded
 
@@ -231,7 +236,7 @@ class Session:
     def controlnet_source(self, kind: str, model: str | None = None) -> str | None:
         """Where the `kind` ControlNet for `model` comes from (None: none known before loading)."""
         ref = self.resolve(model)
-        family = model_family(self._models[ref.key].pipe) if ref.key in self._models else None
+        family = self._models[ref.key].family if ref.key in self._models else None
         return self._controlnet_source(ref, kind, family)
 
     def _controlnet_source(self, ref: ModelRef, kind: str, family: str | None = None) -> str | None:
@@ -268,7 +273,7 @@ class Session:
     def _tiny_decoder(self, loaded: LoadedModel, explicit: bool):
         if "tiny" in loaded.previewers or ("tiny-missing" in loaded.previewers and not explicit):
             return loaded.previewers.get("tiny")
-        ref, family = loaded.ref, model_family(loaded.pipe)
+        ref, family = loaded.ref, loaded.family
         folder = builtin_assets(ref) or (Path(ref.location) if ref.kind == "folder" else None)
         tiny = load_tiny_decoder(loaded.pipe, registered=self._tiny_sources.get(ref.key), folder=folder,
                                  family=family, explicit=explicit)
@@ -369,6 +374,7 @@ class Session:
 
         # 2. Load (once) and pick the pipeline that shares the loaded components
         loaded = self._load(ref)
+        families.check_sampler(loaded.family, params.scheduler)
         pipe = self._variant(loaded, params)
         width, height = (params.width or loaded.native_size[0]), (params.height or loaded.native_size[1])
         factor = loaded.pipe.vae_scale_factor
@@ -400,8 +406,11 @@ class Session:
             first = 0
             for count in params.batches:
                 pipe.scheduler = recorder.start_batch(first, count, make_scheduler(params.scheduler, loaded.original_scheduler))
-                out = pipe(**self._call_arguments(params, width, height, params.seed + first, count),
-                           callback_on_step_end=recorder)
+                call = self._call_arguments(params, width, height, params.seed + first, count)
+                if params.controls and params.init_image is None and "image" not in inspect.signature(pipe.__call__).parameters:
+                    call["control_image"] = call.pop("image")    # SD3's ControlNet pipeline names it so
+                with _seeded_global_rng(params.seed + first, self.device):
+                    out = pipe(**call, callback_on_step_end=recorder)
                 run.images += out.images
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
@@ -450,12 +459,16 @@ class Session:
         """txt2img is the loaded pipe; img2img/ControlNet pipes reuse its components (from_pipe)."""
         import diffusers
 
+        refiner = loaded.family == "sdxl-refiner"
+        if refiner and params.init_image is None:
+            raise ParamError(f"init_image: {loaded.ref.name!r} is an SDXL refiner, it only refines an image; "
+                             "pass init_image (image-to-image)")
         if params.task == "txt2img":
             return loaded.pipe
         kinds = tuple(c.kind for c in params.controls)
         key = (params.task, kinds)
         if key not in loaded.variants:
-            extra = {}
+            extra = {"requires_aesthetics_score": True} if refiner else {}
             if kinds:
                 nets = [self._controlnet(loaded, k) for k in kinds]
                 extra["controlnet"] = nets[0] if len(nets) == 1 else nets
@@ -469,20 +482,33 @@ class Session:
         if kind not in loaded.controlnets:
             import diffusers
 
-            source = self._controlnet_source(loaded.ref, kind, model_family(loaded.pipe))
+            source = self._controlnet_source(loaded.ref, kind, loaded.family)
             if source is None:
-                raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r}")
-            net = diffusers.ControlNetModel.from_pretrained(source, **dtype_kwargs(self.dtype))
+                raise ParamError(f"controls: no {kind!r} ControlNet for model {loaded.ref.name!r} ({loaded.family})")
+            cls_name = families.FAMILIES[loaded.family].controlnet_class or "ControlNetModel"
+            cls = getattr(diffusers, cls_name)
+            config = cls.load_config(source)    # config only: a wrong family fails before any weights load
+            families.check_controlnet(loaded.family, config, config.get("_class_name", cls_name), source,
+                                      dict(self._denoiser(loaded).config))
+            net = cls.from_pretrained(source, **dtype_kwargs(self.dtype))
             loaded.controlnets[kind] = net.to(self.device) if self.options.cpu_offload is None else net
         return loaded.controlnets[kind]
 
     def _load_loras(self, loaded: LoadedModel, params: GenerationParams) -> None:
         known = self._known_loras(loaded.ref)
+        for name, _ in params.loras:   # check them all before loading any: a mismatch leaves the model as it was
+            if name not in loaded.loras and known[name].path.suffix.lower() == ".safetensors":
+                families.check_lora(loaded.family, self._denoiser(loaded).config.get("cross_attention_dim"), name,
+                                    lora_shapes(known[name].path))
         for name, _ in params.loras:
             if name not in loaded.loras:
                 with quiet_diffusers():   # "no LoRA keys for the text encoder" is expected for UNet LoRAs
                     loaded.pipe.load_lora_weights(str(known[name].path), adapter_name=name)
                 loaded.loras.add(name)
+
+    @staticmethod
+    def _denoiser(loaded: LoadedModel):
+        return getattr(loaded.pipe, "unet", None) or loaded.pipe.transformer
 
     @staticmethod
     def _call_arguments(params: GenerationParams, width: int, height: int, seed: int, count: int = 1) -> dict:
@@ -521,7 +547,9 @@ class Session:
             import resource
 
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # process peak RSS (KiB on Linux)
+        mode = families.speed_mode(run.sampler, [n for n, s in run.params.loras if s], loaded.ref.name)
         return {"model": loaded.ref.name, "model_hash": loaded.weights_hash, "scheduler": run.sampler,
+                "family": families.label(loaded.family, mode),
                 "width": width, "height": height, "peak_memory_mb": round(peak, 1), "device": self.device,
                 "dtype": str(self.dtype).replace("torch.", ""), "torch_version": torch.__version__,
                 "preview": run.preview_method,
@@ -554,6 +582,17 @@ def _hash_in_background(ref: ModelRef):
 
     threading.Thread(target=work, name=f"sdwidgets-hash-{ref.name}", daemon=True).start()
     return future
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: str):
+    """Randomness a pipeline draws without our generator (SD3 ControlNet samples its control latent
+    that way) becomes a function of the seed; the caller's global RNG state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def new_run_id() -> str:

@@ -38,7 +38,8 @@ def read(path):
 
 def test_a1111_png_maps_what_it_can_and_names_the_rest(tmp_path):
     p, notes = read(png(tmp_path / "a.png", parameters=A1111))
-    assert (p.prompt, p.negative_prompt) == ("a knight, <lora:add_detail:0.5>, masterpiece", "lowres, blurry")
+    # the <lora:...> tag is applied as A1111 would, not sent to the text encoder
+    assert (p.prompt, p.negative_prompt, p.loras) == ("a knight, masterpiece", "lowres, blurry", (("add_detail", 0.5),))
     assert (p.steps, p.scheduler, p.guidance_scale, p.seed, p.width, p.height) == \
         (28, "DPM++ 2M Karras", 6.5, 1234, 512, 768)
     assert any("Clip skip" in n and "Lora hashes" in n for n in notes)
@@ -69,7 +70,7 @@ def test_jpeg_and_webp_exif_user_comment(tmp_path, fmt):
     Image.new("RGB", (64, 64), "gray").save(path, format=fmt, exif=a1111_exif(A1111))
     p, _ = read(path)
     assert (p.prompt, p.seed, p.steps, p.scheduler, p.width) == \
-        ("a knight, <lora:add_detail:0.5>, masterpiece", 1234, 28, "DPM++ 2M Karras", 512)
+        ("a knight, masterpiece", 1234, 28, "DPM++ 2M Karras", 512)
 
 
 def comfyui_graph():
@@ -153,7 +154,7 @@ def stealth_png(path, text: str):
 
 def test_stealth_png_info(tmp_path):
     p, _ = read(stealth_png(tmp_path / "stealth.png", A1111))
-    assert (p.prompt, p.seed, p.steps, p.scheduler) == ("a knight, <lora:add_detail:0.5>, masterpiece", 1234, 28,
+    assert (p.prompt, p.seed, p.steps, p.scheduler) == ("a knight, masterpiece", 1234, 28,
                                                         "DPM++ 2M Karras")
 
 
