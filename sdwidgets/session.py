@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .controlnet import HUB_CONTROLNETS, model_family
 from .errors import OutOfMemoryError, ParamError
 from .log import ExperimentLog
+from . import modes
 from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info
 from .models import ModelRef, builtin_assets, dtype_kwargs, load_pipeline, resolve, weights_hash
 from .options import Options
@@ -54,8 +55,9 @@ class Session:
     """One pipeline cache, one experiment log, one place that runs diffusion."""
 
     def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
-                 allow_unsafe: bool = False, **options):
+                 allow_unsafe: bool = False, prompt_syntax: str = "plain", **options):
         self.options = Options().update(**options)
+        self.prompt_syntax = GenerationParams("", prompt_syntax=prompt_syntax).prompt_syntax   # validated (issue 25)
         self.default_model = model
         self.allow_unsafe = allow_unsafe
         self.log = ExperimentLog(log_dir, session=self)
@@ -217,7 +219,8 @@ class Session:
         self._check_controls(ref, params)
         # record what actually runs: the drawn seed and the resolved model
         params = params.replace(seed=params.seed if params.seed is not None else secrets.randbelow(2**32),
-                                model=ref.name if ref.kind in ("builtin", "hub") else ref.location)
+                                model=ref.name if ref.kind in ("builtin", "hub") else ref.location,
+                                prompt_syntax=params.prompt_syntax or self.prompt_syntax)
 
         with self._active_lock:
             self._active += 1
@@ -277,8 +280,12 @@ class Session:
         try:
             for i in range(params.num_images):
                 pipe.scheduler = recorder.start_image(i, make_scheduler(params.scheduler, loaded.original_scheduler))
-                out = pipe(**self._call_arguments(params, width, height, params.seed + i), callback_on_step_end=recorder)
-                run.images += out.images
+                # -- modes (issue 25, sdwidgets/modes): variation noise, prompt embeds, mask; then
+                #    the passes after the call (Hires. fix, inpaint paste-back)
+                call = modes.prepare_call(pipe, params, self._call_arguments(params, width, height, params.seed + i), run)
+                out = pipe(**call, callback_on_step_end=recorder)
+                run.images += modes.finish(self, loaded, params, call, out.images, params.seed + i)
+                # -- end modes
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
                 if recorder.interrupted:
@@ -321,6 +328,8 @@ class Session:
                 nets = [self._controlnet(loaded, k) for k in kinds]
                 extra["controlnet"] = nets[0] if len(nets) == 1 else nets
             auto = diffusers.AutoPipelineForImage2Image if params.init_image is not None else diffusers.AutoPipelineForText2Image
+            if modes.pipeline_kind(params) == "inpaint":     # issue 25: plain checkpoints inpaint too
+                auto = diffusers.AutoPipelineForInpainting
             variant = auto.from_pipe(loaded.pipe, **extra)
             variant.set_progress_bar_config(disable=not self.options.progress, leave=False)
             loaded.variants[key] = variant
