@@ -158,6 +158,10 @@ def _size(text):
         raise argparse.ArgumentTypeError(str(exc).removeprefix("size: ")) from None
 
 
+def _scale(text):
+    return parse_number(str(text).strip().lower().removesuffix("x"), "value", 1.0, 8.0)
+
+
 def _identifier(text):
     if not text.isidentifier():
         raise ValueError(text)
@@ -183,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="ControlNet condition; IMAGE is a path or a variable name (repeatable)")
     add("--init", metavar="IMAGE", help="init image (image-to-image): a path or a variable name")
     add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
+    # modes (issue 25), named like A1111's options
+    add("--mask", metavar="IMAGE", help="inpaint: mask image (white = repaint) with --init; a path or a variable name")
+    add("--mask-blur", dest="mask_blur", type=_typed(lambda v: parse_int(v, "value", 0, 64), "an integer in [0, 64]"),
+        help="inpaint: blur of the mask in pixels (default 4)")
+    add("--inpaint-padding", dest="inpaint_padding", type=_typed(lambda v: parse_int(v, "value", 0), "an integer >= 0"),
+        help='inpaint "only masked": the masked area plus this padding, at full resolution')
+    add("--hires", type=_typed(_scale, "a scale like 2x or 1.5"), help="Hires. fix: upscale by this factor, then img2img")
+    add("--hires-steps", dest="hires_steps", type=_typed(_positive, "a positive integer"),
+        help="Hires. fix: steps of the second pass (default: --steps)")
+    add("--hires-upscaler", dest="hires_upscaler", choices=["Lanczos", "Latent"], help="Hires. fix: Lanczos or Latent")
+    add("--denoise", type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="denoising strength of the pass it goes with: --hires, else --mask/--init")
+    add("--subseed", type=_typed(lambda v: parse_int(v, "value", 0), "an integer >= 0"), help="variation seed")
+    add("--subseed-strength", dest="subseed_strength",
+        type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="variation strength: 0 the seed's image, 1 the subseed's")
+    add("--prompt-syntax", dest="prompt_syntax", choices=["plain", "a1111", "compel"],
+        help="plain (CLIP's 77 tokens), a1111 ((word:1.3), BREAK, long prompts) or compel")
     add("-o", "--out", type=_typed(_identifier, "a Python identifier"),
         help="store the Run (a sweep: its list of runs) under this name")
     add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")

@@ -26,7 +26,8 @@ from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from .errors import ParamError, SDWidgetsError
 from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
                           pasted_settings, template_fields)
-from .sweep import SweepResult, cells, parse_axes, parse_size
+from .modes import wildcards
+from .sweep import MAX_AXES, SweepResult, cells, parse_axes, parse_size, wildcard_axis
 
 # ---- the magic ----------------------------------------------------------------------------------
 
@@ -100,8 +101,15 @@ class SDMagic(Magics):
             return None
         if not cell.strip():
             raise ParamError("the cell is empty: write the prompt in the cell body, under %%sd")
-        fields = template_fields(cell)
+        # {a|b} variants (issue 25, modes/wildcards): every combination is one run, an axis named prompt
+        variants = wildcards.expand(cell, self.max_runs) if wildcards.has_variants(cell) else None
+        fields = template_fields(variants[0] if variants else cell)
         axes = parse_axes(args.sweep, set().union(*fields.values()) if fields else set())
+        if variants:
+            axes = [wildcard_axis(variants), *axes]
+            if len(axes) > MAX_AXES:
+                raise ParamError(f"--sweep: {{a|b}} variants are a sweep of the prompt; at most {MAX_AXES - 1} "
+                                 "--sweep with them")
         n_runs = 1
         for axis in axes:
             n_runs *= len(axis.values)
@@ -119,7 +127,7 @@ class SDMagic(Magics):
                 axis.apply(swept, variables, chosen[axis.name])
             if "loras" in swept:
                 swept["loras"] = {**explicit.get("loras", {}), **swept["loras"]}
-            text, values = expand(cell, {**ns, **variables})
+            text, values = expand(chosen["prompt"] if variants else cell, {**ns, **variables})
             settings, prompt, negative = parse_infotext(text)
             pasted = pasted_settings(settings)
             if pasted and not plan.notes:
@@ -165,6 +173,7 @@ class SDMagic(Magics):
             out["controls"] = [parse_control(t, ns) for t in args.control]
         if args.init:
             out["init_image"] = _image_ref(args.init, ns, "--init")
+        out.update(_mode_options(args, ns))
         return {k: v for k, v in out.items() if v is not None}
 
     def _check_resources(self, params: list) -> None:
@@ -226,6 +235,25 @@ class SDMagic(Magics):
             return dispatch(self, words)
         except SDWidgetsError as exc:
             raise UsageError(f"%sd: {exc}") from None
+
+
+def _mode_options(args, ns) -> dict:
+    """generate() kwargs of the issue-25 options; --denoise goes with --hires, else with --mask/--init."""
+    out = {"mask_blur": args.mask_blur, "inpaint_padding": args.inpaint_padding, "hires_scale": args.hires,
+           "hires_steps": args.hires_steps, "hires_upscaler": args.hires_upscaler, "subseed": args.subseed,
+           "subseed_strength": args.subseed_strength, "prompt_syntax": args.prompt_syntax}
+    if args.mask:
+        out["mask_image"] = _image_ref(args.mask, ns, "--mask")
+    if args.denoise is not None:
+        if args.hires:
+            out["hires_strength"] = args.denoise
+        elif args.init:
+            if args.strength is not None:
+                raise ParamError("--denoise and --strength both set the img2img strength; give one")
+            out["strength"] = args.denoise
+        else:
+            raise ParamError("--denoise needs the pass it goes with: --hires, or --init (with --mask to inpaint)")
+    return out
 
 
 # ---- live display ---------------------------------------------------------------------------

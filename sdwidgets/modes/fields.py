@@ -52,6 +52,10 @@ def check(p, set_) -> None:
             set_("hires_steps", check_int("hires_steps", p.hires_steps, 1))
         set_("hires_strength", check_number("hires_strength", DEFAULT_HIRES_STRENGTH if p.hires_strength is None
                                             else p.hires_strength, 0.0, 1.0))
+        steps = p.hires_steps or p.steps
+        if int(steps * p.hires_strength) < 1:      # the img2img pass runs int(steps * strength) steps
+            raise ParamError(f"the Hires. fix pass would run no step: hires_steps ({steps}) x hires_strength "
+                             f"({p.hires_strength:g}) < 1; raise either")
         upscaler = "Lanczos" if p.hires_upscaler is None else p.hires_upscaler
         if upscaler not in HIRES_UPSCALERS:
             raise ParamError(f"hires_upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {upscaler!r}")

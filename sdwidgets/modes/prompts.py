@@ -140,6 +140,13 @@ def _plain_text(text: str, syntax: str) -> str:
 
 def embeddings(pipe, prompt: str, negative: str, syntax: str) -> dict:
     """prompt_embeds / negative_prompt_embeds (+ pooled for SDXL) for the pipeline call."""
+    import torch
+
+    with torch.no_grad():
+        return _embeddings(pipe, prompt, negative, syntax)
+
+
+def _embeddings(pipe, prompt: str, negative: str, syntax: str) -> dict:
     from compel import Compel, ReturnedEmbeddingsType
 
     family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
@@ -176,9 +183,6 @@ def prepare(pipe, params, call: dict, run) -> dict:
     if syntax == "plain":
         warn_truncation(pipe, params, run)
         return call
-    import torch
-
-    with torch.no_grad():
-        embeds = embeddings(pipe, params.prompt, params.negative_prompt, syntax)
+    embeds = embeddings(pipe, params.prompt, params.negative_prompt, syntax)
     call = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt")}
     return {**call, **embeds}

@@ -1,0 +1,249 @@
+"""The everyday modes (issue 25) on the embedded model: variation seeds, prompt syntax and long
+prompts, inpainting, Hires. fix, {a|b} combinations; through Session.generate and %%sd."""
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import pixels
+from IPython.core.error import UsageError
+from PIL import Image, ImageDraw
+
+import sdwidgets as sdw
+from sdwidgets.errors import ParamError
+from sdwidgets.modes import prompts
+from sdwidgets.modes.prompts import TruncatedPromptWarning, parse_a1111
+from sdwidgets.training.analyse import analyse
+
+PROMPT = "a red circle on a blue background"
+# 16 x 7 = 112 tokens: the last ~37 are past CLIP's 75
+LONG_HEAD = ", ".join(["a red circle on a blue background"] * 11)
+
+
+def same(a, b) -> bool:
+    return np.array_equal(pixels(a), pixels(b))
+
+
+def blue(size=64):
+    return Image.new("RGB", (size, size), (40, 80, 220))
+
+
+def centre_mask(size=64, lo=12, hi=51):
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle([lo, lo, hi, hi], fill=255)
+    return mask
+
+
+# ---- validation: before any model work --------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"subseed": 3, "subseed_strength": 1.5}, "subseed_strength must be in [0.0, 1.0]"),
+    ({"subseed": 3, "subseed_strength": math.nan}, "subseed_strength must be a finite number"),
+    ({"subseed_strength": 0.5}, "subseed_strength needs subseed"),
+    ({"subseed": -1}, "subseed must be >= 0"),
+    ({"prompt_syntax": "markdown"}, "prompt_syntax must be one of plain, a1111, compel"),
+    ({"mask_image": Image.new("L", (64, 64))}, "mask_image needs init_image"),
+    ({"mask_blur": 4}, "mask_blur only applies with mask_image"),
+    ({"hires_scale": 0.5}, "hires_scale must be in [1.0, 8.0]"),
+    ({"hires_scale": 2, "hires_upscaler": "bicubic"}, "hires_upscaler must be one of Lanczos, Latent"),
+    ({"hires_steps": 4}, "hires_steps only applies with hires_scale"),
+    ({"hires_scale": 2, "hires_strength": math.inf}, "hires_strength must be a finite number"),
+    ({"hires_scale": 2, "init_image": Image.new("RGB", (64, 64))}, "hires_scale applies to text-to-image only"),
+    ({"hires_scale": 2, "hires_steps": 2, "hires_strength": 0.4}, "the Hires. fix pass would run no step"),
+])
+def test_bad_mode_fields_fail_before_model_work(session, kwargs, words):
+    with pytest.raises(ParamError) as info:
+        session.generate(PROMPT, steps=2, **kwargs)
+    assert words in str(info.value)
+    assert session.loads == 0 and len(session.log) == 0
+
+
+def test_mode_fields_round_trip_through_a1111_text():
+    p = sdw.GenerationParams(PROMPT, seed=5, subseed=9, subseed_strength=0.25, hires_scale=2, hires_steps=6,
+                             hires_strength=0.55, hires_upscaler="Latent", prompt_syntax="a1111")
+    text = p.infotext(sampler="Euler", width=64, height=64)
+    for field in ("Variation seed: 9", "Variation seed strength: 0.25", "Hires upscale: 2", "Hires steps: 6",
+                  "Hires upscaler: Latent", "Denoising strength: 0.55"):
+        assert field in text
+    back = sdw.GenerationParams.from_infotext(text)
+    assert (back.subseed, back.subseed_strength, back.hires_scale, back.hires_steps, back.hires_strength,
+            back.hires_upscaler, back.prompt_syntax) == (9, 0.25, 2.0, 6, 0.55, "Latent", "a1111")
+    assert sdw.GenerationParams.from_dict(p.to_dict()).to_dict() == p.to_dict()
+
+
+# ---- variation seeds ---------------------------------------------------------------------------
+
+def test_variation_strength_0_is_the_seed_1_the_subseed_between_is_new_and_reruns(session):
+    seed_image = session.generate(PROMPT, seed=3, steps=5).image
+    subseed_image = session.generate(PROMPT, seed=11, steps=5).image
+    at0 = session.generate(PROMPT, seed=3, steps=5, subseed=11, subseed_strength=0.0).image
+    at1 = session.generate(PROMPT, seed=3, steps=5, subseed=11, subseed_strength=1.0).image
+    half = session.generate(PROMPT, seed=3, steps=5, subseed=11, subseed_strength=0.5)
+    assert same(at0, seed_image) and same(at1, subseed_image)
+    assert not same(half.image, seed_image) and not same(half.image, subseed_image)
+    assert same(session.log.rerun(half.run_id).image, half.image)
+    row = session.log.df.iloc[-2]
+    assert row["params"]["subseed"] == 11 and row["params"]["subseed_strength"] == 0.5
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+def test_parse_a1111_weights():
+    assert parse_a1111("a (red:1.3) circle") == [("a ", 1.0), ("red", 1.3), (" circle", 1.0)]
+    assert parse_a1111("(red) [blue]") == [("red", pytest.approx(1.1)), (" ", 1.0), ("blue", pytest.approx(1 / 1.1))]
+    assert parse_a1111("((red))") == [("red", pytest.approx(1.21))]
+    assert parse_a1111("(red:1.0) circle") == [("red circle", 1.0)]
+    assert parse_a1111(r"a \(literal\) bracket") == [("a (literal) bracket", 1.0)]
+    assert parse_a1111("ratio 16:9") == [("ratio 16:9", 1.0)]
+
+
+def test_weighting_moves_the_embedding_and_weight_one_is_the_plain_prompt(session):
+    pipe = session.pipeline()
+
+    def embed(text, syntax="a1111"):
+        return prompts.embeddings(pipe, text, "", syntax)["prompt_embeds"]
+
+    plain = embed("a red circle on a blue background")
+    assert torch.equal(embed("a (red:1.0) circle on a blue background"), plain)
+    assert torch.equal(embed("a (red)1.0 circle on a blue background", "compel"), plain)
+    without = embed("a circle on a blue background")
+    distance = [float((embed(f"a (red:{w}) circle on a blue background") - without).norm()) for w in (0.5, 1.0, 1.6)]
+    assert distance[0] < distance[1] < distance[2]        # more weight on "red", further from no red at all
+    assert embed("a red circle BREAK on a blue background").shape[1] == 2 * plain.shape[1]   # BREAK: a new chunk
+
+
+def test_a_long_prompt_warns_in_plain_and_its_tail_counts_in_a1111_mode(session):
+    one, other = LONG_HEAD + ", green square", LONG_HEAD + ", yellow triangle"
+    with pytest.warns(TruncatedPromptWarning, match="dropped: .*green square"):
+        cut = session.generate(one, seed=2, steps=4)
+    assert any("green square" in w for w in cut.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedPromptWarning)
+        assert same(session.generate(other, seed=2, steps=4).image, cut.image)    # plain: the tail is cut
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncatedPromptWarning)       # long mode cuts nothing, warns nothing
+        long_one = session.generate(one, seed=2, steps=4, prompt_syntax="a1111")
+        long_other = session.generate(other, seed=2, steps=4, prompt_syntax="a1111")
+    assert not same(long_one.image, long_other.image) and not long_one.warnings
+    assert session.log.df.iloc[-1]["params"]["prompt_syntax"] == "a1111"
+    assert same(session.log.rerun(long_one.run_id).image, long_one.image)
+
+
+def test_session_prompt_syntax_is_the_default_and_recorded(tmp_path, model):
+    s = sdw.Session(log_dir=tmp_path / "runs", model=model, progress=False, prompt_syntax="a1111")
+    run = s.generate("a (red:1.2) circle on a blue background", seed=1, steps=3)
+    assert run.params.prompt_syntax == "a1111"
+    with pytest.raises(ParamError, match="prompt_syntax must be one of"):
+        sdw.Session(log_dir=tmp_path / "other", prompt_syntax="A1111!")
+
+
+# ---- inpainting --------------------------------------------------------------------------------
+
+def test_inpainting_repaints_only_the_mask_follows_the_prompt_and_reruns(session):
+    init, mask = blue(), centre_mask()
+    run = session.generate("a green square on a blue background", seed=1, steps=8, init_image=init,
+                           mask_image=mask, strength=1.0, mask_blur=4)
+    assert run.pipeline_class == "StableDiffusionInpaintPipeline" and session.loads == 1
+    from PIL import ImageFilter
+
+    outside = np.asarray(mask.filter(ImageFilter.GaussianBlur(4))) == 0
+    assert outside.sum() > 500
+    diff = np.abs(pixels(run.image) - pixels(init)).max(axis=2)
+    assert diff[outside].max() == 0                     # pasted back through the blurred mask
+    reading = analyse(run.image)                        # inside: what the prompt asked for
+    assert (reading.fg, reading.shape) == ("green", "square")
+    row = session.log.df.iloc[-1]
+    assert row["params"]["mask_blur"] == 4 and row["params"]["mask_image_sha256"]
+    assert (session.log.dir / "inputs" / f"{row['params']['mask_image_sha256']}.png").is_file()
+    assert same(session.log.rerun(run.run_id).image, run.image)
+
+
+def test_only_masked_inpaints_the_crop_and_keeps_the_rest(session):
+    init = session.generate(PROMPT, seed=4, steps=4).image
+    mask = centre_mask(lo=4, hi=19)
+    run = session.generate("a green square on a yellow background", seed=2, steps=4, init_image=init,
+                           mask_image=mask, strength=0.9, mask_blur=2, inpaint_padding=4)
+    from PIL import ImageFilter
+
+    outside = np.asarray(mask.filter(ImageFilter.GaussianBlur(2))) == 0
+    diff = np.abs(pixels(run.image) - pixels(init)).max(axis=2)
+    assert diff[outside].max() == 0 and diff[~outside].max() > 0
+    assert "Inpaint area: Only masked" in sdw.GenerationParams.from_png(run.image_paths[0]).infotext(
+        sampler="Euler", width=64, height=64)
+
+
+# ---- Hires. fix --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("upscaler", ["Lanczos", "Latent"])
+def test_hires_fix_makes_the_target_size_logs_both_passes_and_reruns(session, upscaler):
+    run = session.generate(PROMPT, seed=6, steps=4, hires_scale=1.5, hires_steps=3, hires_upscaler=upscaler)
+    assert run.image.size == (96, 96)
+    base = session.generate(PROMPT, seed=6, steps=4).image
+    assert not same(run.image.resize((64, 64), Image.LANCZOS), base)     # the second pass ran
+    row = session.log.df.iloc[-2]
+    assert (row["width"], row["height"]) == (64, 64)
+    assert (row["params"]["hires_scale"], row["params"]["hires_steps"], row["params"]["hires_strength"],
+            row["params"]["hires_upscaler"]) == (1.5, 3, 0.7, upscaler)
+    with Image.open(session.log.dir / row["image_path"]) as png:
+        text = png.text["parameters"]
+    for field in ("Size: 64x64", "Hires upscale: 1.5", "Hires steps: 3", "Denoising strength: 0.7",
+                  f"Hires upscaler: {upscaler}"):
+        assert field in text
+    assert same(session.log.rerun(run.run_id).image, run.image)
+    assert session.loads == 1
+
+
+# ---- the %%sd magic ----------------------------------------------------------------------------
+
+@pytest.fixture
+def ip(session):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "sdwidgets")
+    names = set(shell.user_ns)
+    yield shell
+    for name in set(shell.user_ns) - names:
+        del shell.user_ns[name]
+
+
+def sd(ip, line, body=PROMPT):
+    from IPython.utils.capture import capture_output
+
+    with capture_output():
+        assert ip.run_cell_magic("sd", line, body) is None
+
+
+def test_magic_options_named_like_a1111(ip, session):
+    ip.user_ns.update(photo=blue(), hole=centre_mask())
+    sd(ip, "--seed 3 --steps 4 --subseed 8 --subseed-strength 0.5 --prompt-syntax a1111",
+       "a (red:1.2) circle on a blue background")
+    sd(ip, "--seed 3 --steps 4 --hires 1.5x --hires-steps 3 --denoise 0.4")
+    sd(ip, "--seed 3 --steps 4 --init photo --mask hole --mask-blur 2 --denoise 0.9 --inpaint-padding 8",
+       "a green square on a blue background")
+    rows = [r["params"] for r in session.log._records]
+    assert (rows[0]["subseed"], rows[0]["subseed_strength"], rows[0]["prompt_syntax"]) == (8, 0.5, "a1111")
+    assert (rows[1]["hires_scale"], rows[1]["hires_steps"], rows[1]["hires_strength"]) == (1.5, 3, 0.4)
+    assert (rows[2]["strength"], rows[2]["mask_blur"], rows[2]["inpaint_padding"]) == (0.9, 2, 8)
+    assert rows[2]["mask_image_sha256"] and rows[2]["init_image_sha256"]
+    for line, words in [("--denoise 0.5", "--denoise needs the pass"), ("--hires 0.5x", "--hires"),
+                        ("--prompt-syntax fancy", "--prompt-syntax"), ("--mask nowhere --init photo", "--mask")]:
+        with pytest.raises(UsageError, match=words):
+            ip.run_cell_magic("sd", line, PROMPT)
+    assert len(session.log) == 3
+
+
+def test_magic_expands_variants_into_a_sweep_each_prompt_logged(ip, session):
+    ip.user_ns["shape"] = "circle"
+    sd(ip, "--seed 5 --steps 2 -o runs", "a {red|green|yellow} {shape} on a blue background")
+    result = ip.user_ns["runs"]
+    prompts_run = [r.params.prompt for r in result]
+    assert prompts_run == [f"a {c} circle on a blue background" for c in ("red", "green", "yellow")]
+    df = session.log.df
+    assert list(df["prompt"]) == prompts_run
+    assert set(df["prompt_template"]) == {"a {red|green|yellow} {shape} on a blue background"}
+    assert [json.loads(t)["sweep"]["prompt"] for t in df["tags"]] == [    # the variant each run took
+        f"a {c} {{shape}} on a blue background" for c in ("red", "green", "yellow")]
+    assert len({r.params.seed for r in result}) == 1       # a sweep compares prompts, not seeds
