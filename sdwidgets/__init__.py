@@ -23,6 +23,7 @@ _LAZY = {
     "ParamError": "errors", "SDWidgetsError": "errors", "OutOfMemoryError": "errors",
     "DEFAULT_MODEL": "models", "BUILTIN_MODELS": "models",
     "Dashboard": "widgets.dashboard", "train_lora": "training.lora",
+    "outpaint_canvas": "modes.inpaint",
 }
 __all__ = sorted(_LAZY) + ["Session", "load_ipython_extension", "session", "set_session"]
 

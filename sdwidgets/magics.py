@@ -24,8 +24,8 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from .errors import ParamError, SDWidgetsError
-from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
-                          pasted_settings, template_fields)
+from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, mode_options, parse_control, parse_line,
+                          parse_lora, pasted_settings, template_fields)
 from .modes import wildcards
 from .sweep import MAX_AXES, SweepResult, cells, parse_axes, parse_size, wildcard_axis
 
@@ -173,7 +173,7 @@ class SDMagic(Magics):
             out["controls"] = [parse_control(t, ns) for t in args.control]
         if args.init:
             out["init_image"] = _image_ref(args.init, ns, "--init")
-        out.update(_mode_options(args, ns))
+        out.update(mode_options(args, ns))
         return {k: v for k, v in out.items() if v is not None}
 
     def _check_resources(self, params: list) -> None:
@@ -235,25 +235,6 @@ class SDMagic(Magics):
             return dispatch(self, words)
         except SDWidgetsError as exc:
             raise UsageError(f"%sd: {exc}") from None
-
-
-def _mode_options(args, ns) -> dict:
-    """generate() kwargs of the issue-25 options; --denoise goes with --hires, else with --mask/--init."""
-    out = {"mask_blur": args.mask_blur, "inpaint_padding": args.inpaint_padding, "hires_scale": args.hires,
-           "hires_steps": args.hires_steps, "hires_upscaler": args.hires_upscaler, "subseed": args.subseed,
-           "subseed_strength": args.subseed_strength, "prompt_syntax": args.prompt_syntax}
-    if args.mask:
-        out["mask_image"] = _image_ref(args.mask, ns, "--mask")
-    if args.denoise is not None:
-        if args.hires:
-            out["hires_strength"] = args.denoise
-        elif args.init:
-            if args.strength is not None:
-                raise ParamError("--denoise and --strength both set the img2img strength; give one")
-            out["strength"] = args.denoise
-        else:
-            raise ParamError("--denoise needs the pass it goes with: --hires, or --init (with --mask to inpaint)")
-    return out
 
 
 # ---- live display ---------------------------------------------------------------------------

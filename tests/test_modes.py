@@ -174,6 +174,33 @@ def test_only_masked_inpaints_the_crop_and_keeps_the_rest(session):
         sampler="Euler", width=64, height=64)
 
 
+def test_outpainting_extends_the_canvas_and_keeps_the_original(session):
+    init = session.generate(PROMPT, seed=4, steps=4).image
+    canvas, mask = sdw.outpaint_canvas(init, right=32)
+    assert canvas.size == mask.size == (96, 64)
+    run = session.generate(PROMPT, seed=3, steps=4, init_image=canvas, mask_image=mask, strength=1.0,
+                           width=96, height=64, mask_blur=0)
+    assert run.image.size == (96, 64)
+    assert same(run.image.crop((0, 0, 64, 64)), init)
+    assert not same(run.image.crop((64, 0, 96, 64)), canvas.crop((64, 0, 96, 64)))
+    with pytest.raises(ParamError, match="at least one of left"):
+        sdw.outpaint_canvas(init)
+
+
+def test_cli_generates_with_the_mode_options(tmp_path, capsys):
+    from sdwidgets.cli import main
+
+    log_dir = str(tmp_path / "cli-runs")
+    assert main(["generate", PROMPT, "--seed", "2", "--steps", "4", "--hires", "1.5x", "--hires-steps", "3",
+                 "--denoise", "0.5", "--subseed", "7", "--subseed-strength", "0.3", "--log-dir", log_dir]) == 0
+    path = capsys.readouterr().out.splitlines()[1].strip()
+    assert Image.open(path).size == (96, 96)
+    params = sdw.ExperimentLog(log_dir).df.iloc[-1]["params"]
+    assert (params["hires_strength"], params["subseed"], params["subseed_strength"]) == (0.5, 7, 0.3)
+    assert main(["generate", PROMPT, "--denoise", "0.5", "--log-dir", log_dir]) == 2
+    assert "--denoise needs the pass" in capsys.readouterr().err
+
+
 # ---- Hires. fix --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("upscaler", ["Lanczos", "Latent"])
