@@ -274,3 +274,27 @@ def test_magic_expands_variants_into_a_sweep_each_prompt_logged(ip, session):
     assert [json.loads(t)["sweep"]["prompt"] for t in df["tags"]] == [    # the variant each run took
         f"a {c} {{shape}} on a blue background" for c in ("red", "green", "yellow")]
     assert len({r.params.seed for r in result}) == 1       # a sweep compares prompts, not seeds
+
+
+# ---- SDXL (a tiny random one built from configs): both text encoders and the pooled embedding --
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    from tiny_model import build_tiny_sdxl
+
+    return str(build_tiny_sdxl(tmp_path_factory.mktemp("sdxl")))
+
+
+def test_sdxl_a1111_syntax_long_prompts_and_hires(tiny_sdxl, tmp_path):
+    s = sdw.Session(log_dir=tmp_path / "runs", model=tiny_sdxl, progress=False)
+    plain = s.generate("a red circle", seed=1, steps=2)
+    assert plain.pipeline_class == "StableDiffusionXLPipeline"
+    assert same(s.generate("a (red:1.0) circle", seed=1, steps=2, prompt_syntax="a1111").image, plain.image)
+    pipe = s.pipeline()
+    one, weighted = (prompts.embeddings(pipe, t, "", "a1111") for t in ("a red circle", "a (red:1.5) circle"))
+    assert not torch.equal(one["prompt_embeds"], weighted["prompt_embeds"])
+    long = prompts.embeddings(pipe, LONG_HEAD + ", green square", "", "a1111")
+    assert long["prompt_embeds"].shape[1] == 2 * one["prompt_embeds"].shape[1]     # two 77-token chunks, both encoders
+    assert long["pooled_prompt_embeds"].shape == one["pooled_prompt_embeds"].shape
+    hires = s.generate("a red circle", seed=1, steps=2, hires_scale=2, hires_steps=2, prompt_syntax="a1111")
+    assert hires.image.size == (128, 128) and s.loads == 1

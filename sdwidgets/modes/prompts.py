@@ -126,7 +126,7 @@ def _pad(compel, tensor, length: int):
 
     if tensor.shape[1] >= length:
         return tensor
-    empty = compel.build_conditioning_tensor("")
+    empty = _encode(compel, _conjunctions("", "compel"))
     repeats = -(-(length - tensor.shape[1]) // empty.shape[1])
     return torch.cat([tensor, empty.repeat(1, repeats, 1)], dim=1)[:, :length]
 
@@ -174,6 +174,8 @@ def _embeddings(pipe, prompt: str, negative: str, syntax: str) -> dict:
     provider = encoders[1].conditioning_provider
     pooled = provider.get_pooled_embeddings([_plain_text(prompt, syntax)])
     neg_pooled = provider.get_pooled_embeddings([_plain_text(negative, syntax)])
+    if not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        neg, neg_pooled = torch.zeros_like(pos), torch.zeros_like(pooled)     # what SDXL pipelines do
     return {"prompt_embeds": pos, "negative_prompt_embeds": neg,
             "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": neg_pooled}
 
