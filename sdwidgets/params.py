@@ -51,6 +51,7 @@ class GenerationParams:
     hires_steps: int | None = None       # None: the same as steps
     hires_strength: float | None = None  # default 0.7 with hires_scale
     hires_upscaler: str | None = None    # Lanczos | Latent (default Lanczos)
+    detail: Any = None                   # modes.detail.DetailPass (from a dict), None: no detail pass
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

@@ -70,6 +70,7 @@ class Session:
         self._active = 0            # runs inside generate(), waiting or running
         self._active_lock = threading.Lock()
         self.loads = 0              # models read from disk: a knob change must never raise this
+        self.detectors: dict = {}   # name -> fn(image) -> boxes, for detail={"detector": name} (issue 25)
         self.running = False
 
     # ---- device -----------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class Session:
         ref = self.resolve(params.model)
         self._check_loras(ref, params)
         self._check_controls(ref, params)
+        modes.check(self, params)      # issue 25: e.g. the detail pass's detector
         # record what actually runs: the drawn seed and the resolved model
         params = params.replace(seed=params.seed if params.seed is not None else secrets.randbelow(2**32),
                                 model=ref.name if ref.kind in ("builtin", "hub") else ref.location,

@@ -222,6 +222,42 @@ def test_hires_fix_makes_the_target_size_logs_both_passes_and_reruns(session, up
     assert session.loads == 1
 
 
+# ---- detail pass -------------------------------------------------------------------------------
+
+def test_detail_pass_changes_only_the_detected_region_and_reruns(session):
+    from PIL import ImageFilter
+
+    from sdwidgets.modes.detail import shapes_detector
+
+    base = session.generate(PROMPT, seed=2, steps=6)
+    (x0, y0, x1, y1), = shapes_detector(base.image)
+    run = session.generate(PROMPT, seed=2, steps=6, detail={"detector": "shapes", "strength": 0.9, "blur": 2,
+                                                            "prompt": "a green circle on a blue background"})
+    box = Image.new("L", base.image.size, 0)
+    ImageDraw.Draw(box).rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)
+    outside = np.asarray(box.filter(ImageFilter.GaussianBlur(2))) == 0
+    diff = np.abs(pixels(run.image) - pixels(base.image)).max(axis=2)
+    assert outside.sum() > 500 and diff[outside].max() == 0 and diff[~outside].max() > 0
+    assert analyse(run.image).fg == "green"                  # the region followed its own prompt
+    assert run.params.detail.detector == "shapes"
+    assert same(session.log.rerun(run.run_id).image, run.image)
+    with Image.open(run.image_paths[0]) as png:
+        assert "ADetailer model: shapes" in png.text["parameters"]
+
+
+def test_detail_pass_with_a_session_detector_and_an_unknown_one(session):
+    with pytest.raises(ParamError, match="unknown detector 'faces'"):
+        session.generate(PROMPT, seed=1, steps=2, detail={"detector": "faces"})
+    with pytest.raises(ParamError, match="detail strength must be in"):
+        session.generate(PROMPT, seed=1, steps=2, detail={"strength": 2})
+    assert session.loads == 0 and len(session.log) == 0
+    session.detectors["corner"] = lambda image: [(0, 0, 24, 24)]
+    base = session.generate(PROMPT, seed=1, steps=4).image
+    run = session.generate(PROMPT, seed=1, steps=4, detail={"detector": "corner", "strength": 0.8, "blur": 0})
+    diff = np.abs(pixels(run.image) - pixels(base)).max(axis=2)
+    assert diff[:, 32:].max() == 0 and diff[:24, :24].max() > 0
+
+
 # ---- the %%sd magic ----------------------------------------------------------------------------
 
 @pytest.fixture

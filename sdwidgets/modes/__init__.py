@@ -4,6 +4,7 @@
     prompts.py     prompt syntax: plain (with a truncation warning), a1111 and compel weighting, long prompts
     inpaint.py     inpainting: mask_image, mask_blur, "only masked" padding, paste-back through the blurred mask
     hires.py       Hires. fix: base size, upscale (Lanczos or latent), img2img pass
+    detail.py      detail pass (ADetailer's idea): detected regions inpainted at full resolution
     wildcards.py   {red|green|blue} combinations (dynamicprompts) for the %%sd magic
 
 Each mode adds validated fields to GenerationParams (fields.py holds their checks and their
@@ -12,7 +13,12 @@ pipeline class, the arguments of one pipeline call, and a pass after it. No torc
 """
 from __future__ import annotations
 
-from . import hires, inpaint, prompts, variation
+from . import detail, hires, inpaint, prompts, variation
+
+
+def check(session, params) -> None:
+    """What needs the session to check, before any model work (the detail pass's detector)."""
+    detail.check(session, params)
 
 
 def pipeline_kind(params) -> str | None:
@@ -29,6 +35,7 @@ def prepare_call(pipe, params, call: dict, run) -> dict:
 
 
 def finish(session, loaded, params, call: dict, images, seed: int):
-    """Images of one pipeline call after the passes that follow it (Hires. fix, inpaint paste-back)."""
+    """Images of one pipeline call after the passes that follow it (Hires. fix, inpaint paste-back, detail)."""
     images = hires.finish(session, loaded, params, call, images, seed)
-    return inpaint.finish(params, call, images)
+    images = inpaint.finish(params, call, images)
+    return detail.finish(session, loaded, params, call, images, seed)

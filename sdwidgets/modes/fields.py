@@ -6,6 +6,8 @@ that text back. Names follow AUTOMATIC1111's infotext so other tools read our im
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import ParamError
 from ..validate import check_int, check_number, load_image
 
@@ -66,6 +68,13 @@ def check(p, set_) -> None:
                 raise ParamError(f"{name} only applies with hires_scale (Hires. fix); pass hires_scale or drop {name}")
 
 
+    # Detail pass
+    if p.detail is not None:
+        from .detail import DetailPass
+
+        set_("detail", DetailPass.from_value(p.detail))
+
+
 def to_dict(p) -> dict:
     from ..images import image_sha256
 
@@ -75,6 +84,7 @@ def to_dict(p) -> dict:
         "mask_blur": p.mask_blur, "inpaint_padding": p.inpaint_padding,
         "hires_scale": p.hires_scale, "hires_steps": p.hires_steps, "hires_strength": p.hires_strength,
         "hires_upscaler": p.hires_upscaler,
+        "detail": dataclasses.asdict(p.detail) if p.detail is not None else None,
     }
 
 
@@ -90,6 +100,11 @@ def infotext(p) -> dict:
     if p.hires_scale is not None:
         out.update({"Denoising strength": f"{p.hires_strength:g}", "Hires upscale": f"{p.hires_scale:g}",
                     "Hires steps": p.hires_steps, "Hires upscaler": p.hires_upscaler})
+    if p.detail is not None:      # ADetailer's names
+        d = p.detail
+        out.update({"ADetailer model": d.detector, "ADetailer prompt": d.prompt,
+                    "ADetailer negative prompt": d.negative_prompt, "ADetailer denoising strength": f"{d.strength:g}",
+                    "ADetailer steps": d.steps, "ADetailer mask blur": d.blur, "ADetailer inpaint padding": d.padding})
     if p.prompt_syntax and p.prompt_syntax != "plain":
         out["Prompt syntax"] = p.prompt_syntax      # ours; A1111 always reads its own syntax
     return out
@@ -106,10 +121,19 @@ def _hires(fields: dict) -> dict:
     return out
 
 
+def _detail(fields: dict) -> dict:
+    keys = {"ADetailer prompt": ("prompt", str), "ADetailer negative prompt": ("negative_prompt", str),
+            "ADetailer denoising strength": ("strength", float), "ADetailer steps": ("steps", int),
+            "ADetailer mask blur": ("blur", int), "ADetailer inpaint padding": ("padding", int)}
+    return {"detail": {"detector": fields["ADetailer model"],
+                       **{name: kind(fields[k]) for k, (name, kind) in keys.items() if k in fields}}}
+
+
 # A1111 field -> reader of GenerationParams kwargs (given all fields; a ValueError drops the field)
 READERS = {
     "Variation seed": lambda f: {"subseed": int(f["Variation seed"]),
                                  "subseed_strength": float(f.get("Variation seed strength", 0))},
     "Hires upscale": _hires,
+    "ADetailer model": _detail,
     "Prompt syntax": lambda f: {"prompt_syntax": f["Prompt syntax"]} if f["Prompt syntax"] in PROMPT_SYNTAXES else {},
 }
