@@ -187,6 +187,11 @@ def add_mode_arguments(add) -> None:
         help="variation strength: 0 the seed's image, 1 the subseed's")
     add("--prompt-syntax", dest="prompt_syntax", choices=["plain", "a1111", "compel"],
         help="plain (CLIP's 77 tokens), a1111 ((word:1.3), BREAK, long prompts) or compel")
+    add("--detail", metavar="DETECTOR", help="detail pass: inpaint what DETECTOR finds (shapes, or session.detectors)")
+    add("--detail-prompt", dest="detail_prompt", help="detail pass: prompt of the regions (default: the cell's)")
+    add("--detail-strength", dest="detail_strength",
+        type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="detail pass: denoising strength (default 0.4)")
 
 
 def mode_options(args, ns: dict) -> dict:
@@ -196,6 +201,11 @@ def mode_options(args, ns: dict) -> dict:
            "subseed_strength": args.subseed_strength, "prompt_syntax": args.prompt_syntax}
     if args.mask:
         out["mask_image"] = _image_ref(args.mask, ns, "--mask")
+    if args.detail:
+        out["detail"] = {"detector": args.detail, **({"prompt": args.detail_prompt} if args.detail_prompt else {}),
+                         **({"strength": args.detail_strength} if args.detail_strength is not None else {})}
+    elif args.detail_prompt or args.detail_strength is not None:
+        raise ParamError("--detail-prompt and --detail-strength go with --detail DETECTOR")
     if args.denoise is not None:
         if args.hires:
             out["hires_strength"] = args.denoise

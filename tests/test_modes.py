@@ -286,16 +286,20 @@ def test_magic_options_named_like_a1111(ip, session):
     sd(ip, "--seed 3 --steps 4 --hires 1.5x --hires-steps 3 --denoise 0.4")
     sd(ip, "--seed 3 --steps 4 --init photo --mask hole --mask-blur 2 --denoise 0.9 --inpaint-padding 8",
        "a green square on a blue background")
+    sd(ip, "--seed 3 --steps 4 --detail shapes --detail-strength 0.5 --detail-prompt 'a green circle'")
     rows = [r["params"] for r in session.log._records]
     assert (rows[0]["subseed"], rows[0]["subseed_strength"], rows[0]["prompt_syntax"]) == (8, 0.5, "a1111")
     assert (rows[1]["hires_scale"], rows[1]["hires_steps"], rows[1]["hires_strength"]) == (1.5, 3, 0.4)
     assert (rows[2]["strength"], rows[2]["mask_blur"], rows[2]["inpaint_padding"]) == (0.9, 2, 8)
     assert rows[2]["mask_image_sha256"] and rows[2]["init_image_sha256"]
+    assert rows[3]["detail"] == {"detector": "shapes", "prompt": "a green circle", "negative_prompt": None,
+                                 "strength": 0.5, "steps": None, "padding": 8, "blur": 4}
     for line, words in [("--denoise 0.5", "--denoise needs the pass"), ("--hires 0.5x", "--hires"),
-                        ("--prompt-syntax fancy", "--prompt-syntax"), ("--mask nowhere --init photo", "--mask")]:
+                        ("--prompt-syntax fancy", "--prompt-syntax"), ("--mask nowhere --init photo", "--mask"),
+                        ("--detail-strength 0.3", "go with --detail"), ("--detail faces", "unknown detector")]:
         with pytest.raises(UsageError, match=words):
             ip.run_cell_magic("sd", line, PROMPT)
-    assert len(session.log) == 3
+    assert len(session.log) == 4
 
 
 def test_magic_expands_variants_into_a_sweep_each_prompt_logged(ip, session):
