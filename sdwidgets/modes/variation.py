@@ -7,6 +7,8 @@ Text-to-image only: there the pipeline takes `latents=` as its starting noise.
 """
 from __future__ import annotations
 
+from ..errors import ParamError
+
 
 def prepare(pipe, params, call: dict) -> dict:
     if not params.subseed_strength:
@@ -14,6 +16,8 @@ def prepare(pipe, params, call: dict) -> dict:
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
+    if getattr(pipe, "unet", None) is None:
+        raise ParamError(f"subseed: variation seeds need a UNet model (SD 1.x/2.x, SDXL), not {type(pipe).__name__}")
     factor = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, call["height"] // factor, call["width"] // factor)
     dtype = pipe.text_encoder.dtype if getattr(pipe, "text_encoder", None) is not None else pipe.unet.dtype
