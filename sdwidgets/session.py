@@ -238,6 +238,12 @@ class Session:
                 self._active -= 1
                 self._stop.clear()     # the request ends with the run it stopped
 
+    def seed_travel(self, prompt: str, seeds, frames: int = 8, **kwargs):
+        """Frames from each seed's image to the next (variation seeds), each a logged run (modes/travel.py)."""
+        from .modes.travel import seed_travel
+
+        return seed_travel(self, prompt, seeds, frames, **kwargs)
+
     def _check_loras(self, ref: ModelRef, params: GenerationParams) -> None:
         known = self._known_loras(ref) if params.loras else {}
         for name, _ in params.loras:

@@ -88,6 +88,19 @@ def test_variation_strength_0_is_the_seed_1_the_subseed_between_is_new_and_rerun
     assert row["params"]["subseed"] == 11 and row["params"]["subseed_strength"] == 0.5
 
 
+def test_seed_travel_walks_from_seed_to_seed_as_logged_runs(session, tmp_path):
+    travel = session.seed_travel(PROMPT, seeds=[3, 11], frames=3, steps=4)
+    assert [r.params.subseed_strength for r in travel.runs] == [0.0, pytest.approx(1 / 3), pytest.approx(2 / 3), 0.0]
+    alone = {s: session.generate(PROMPT, seed=s, steps=4).image for s in (3, 11)}
+    assert same(travel.images[0], alone[3]) and same(travel.images[-1], alone[11])
+    assert travel.filmstrip().size == (4 * 64 + 3 * 2, 64)
+    with Image.open(travel.save_gif(tmp_path / "travel.gif")) as gif:
+        assert gif.n_frames == 4
+    assert [json.loads(t)["travel"]["frame"] for t in session.log.df["tags"][:4]] == [0, 1, 2, 3]
+    with pytest.raises(ParamError, match="at least two seeds"):
+        session.seed_travel(PROMPT, seeds=[3])
+
+
 # ---- prompts -----------------------------------------------------------------------------------
 
 def test_parse_a1111_weights():
