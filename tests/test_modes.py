@@ -351,3 +351,35 @@ def test_sdxl_a1111_syntax_long_prompts_and_hires(tiny_sdxl, tmp_path):
     assert long["pooled_prompt_embeds"].shape == one["pooled_prompt_embeds"].shape
     hires = s.generate("a red circle", seed=1, steps=2, hires_scale=2, hires_steps=2, prompt_syntax="a1111")
     assert hires.image.size == (128, 128) and s.loads == 1
+
+
+# ---- the dashboard -----------------------------------------------------------------------------
+
+def test_dashboard_modes_panel_runs_hires_variation_and_detail_and_fills_back(session):
+    from sdwidgets.widgets.dashboard import Dashboard
+
+    d = Dashboard(session=session, steps=4)
+    try:
+        m = d.modes
+        m.hires.value, m.hires_scale.value, m.hires_steps.value, m.hires_strength.value = True, 1.5, 3, 0.5
+        m.variation.value, m.subseed.value, m.subseed_strength.value = True, 9, 0.25
+        m.detail.value, m.detail_strength.value = True, 0.5
+        m.prompt_syntax.value = "a1111"
+        d.prompt.seed.value = 4
+        assert d.generate(), d.prompt.status.value
+        assert d.wait(60) and d.last_error is None, d.last_error
+        run = d.last_run
+        assert run.image.size == (96, 96)
+        p = run.params
+        assert (p.hires_scale, p.hires_steps, p.hires_strength, p.subseed, p.subseed_strength, p.prompt_syntax) == \
+            (1.5, 3, 0.5, 9, 0.25, "a1111") and p.detail.strength == 0.5
+        for box in (m.hires, m.variation, m.detail):
+            box.value = False
+        m.prompt_syntax.value = "plain"
+        m.fill(p)
+        keys = ("hires_scale", "hires_steps", "hires_strength", "hires_upscaler", "subseed", "subseed_strength",
+                "prompt_syntax", "detail")
+        assert {k: d.params().to_dict()[k] for k in keys} == {k: p.to_dict()[k] for k in keys}
+    finally:
+        d.wait(60)
+        d.close()

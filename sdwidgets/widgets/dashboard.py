@@ -20,6 +20,7 @@ from .explainer import ExplainerPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
+from .modes import ModesPanel
 from .prompt import PromptPanel
 from .scrubber import StepScrubber
 
@@ -44,8 +45,9 @@ class Dashboard(Panel):
         self.lora = LoraPanel(session)
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
+        self.modes = ModesPanel(session)
         self.panels = [self.prompt, self.builder, self.live, self.scrubber, self.controlnet, self.lora, self.log,
-                       self.explainer]
+                       self.explainer, self.modes]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -60,13 +62,14 @@ class Dashboard(Panel):
         self.builder.on_compose(self._composed)
         self.lora.on_release(self.regenerate)
         self.log.on_select(self.prompt.fill)
+        self.log.on_select(self.modes.fill)
         self.log.on_rerun(self.rerun)
 
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
         tabs = W.Tab(children=[self.scrubber.root, self.controlnet.root, self.lora.root, self.log.root,
-                               self.explainer.root],
-                     titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer"))
+                               self.explainer.root, self.modes.root],
+                     titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer", "Hires / variation / detail"))
         left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
         self.live.root.layout.flex = "1 1 auto"
@@ -81,7 +84,8 @@ class Dashboard(Panel):
 
     def params(self) -> GenerationParams:
         """The GenerationParams the panels describe now (raises ParamError on bad input)."""
-        return GenerationParams(**self.prompt.values(), loras=self.lora.loras(), controls=self.controlnet.controls())
+        return GenerationParams(**self.prompt.values(), **self.modes.values(), loras=self.lora.loras(),
+                                controls=self.controlnet.controls())
 
     def generate(self, params: GenerationParams | None = None, tags: dict | None = None) -> bool:
         """Start a run on the worker thread. Returns False (and starts nothing) if one is going."""
