@@ -383,3 +383,48 @@ def test_dashboard_modes_panel_runs_hires_variation_and_detail_and_fills_back(se
     finally:
         d.wait(60)
         d.close()
+
+
+def test_dashboard_paints_a_mask_and_inpaints_with_it(session):
+    from sdwidgets.widgets.dashboard import Dashboard
+
+    d = Dashboard(session=session, steps=4)
+    try:
+        canvas = d.inpaint
+        canvas.use_last.click()
+        assert "no image yet" in canvas.status.value
+        assert d.generate() and d.wait(60) and d.last_error is None
+        base = d.last_run.image
+        canvas.use_last.click()
+        assert canvas.scale == 4.0 and (canvas.canvas.width, canvas.canvas.height) == (256, 256)
+        canvas.brush.value = 8                                   # image pixels
+        canvas.stroke_start(40, 40)                              # canvas pixels (4x): image (10, 10)..(30, 10)
+        canvas.stroke_move(120, 40)
+        canvas.stroke_end()
+        canvas.stroke_move(200, 200)                             # the button is up: paints nothing
+        mask = np.asarray(canvas.mask)
+        assert mask[10, 10] == 255 and mask[10, 30] == 255 and mask[40, 40] == 0 and mask[30:, :].max() == 0
+        canvas.eraser.value = True
+        canvas.stroke_start(80, 40)
+        canvas.stroke_end()
+        assert np.asarray(canvas.mask)[10, 20] == 0 and np.asarray(canvas.mask)[10, 10] == 255
+        canvas.eraser.value = False
+        canvas.clear.click()
+        assert np.asarray(canvas.mask).max() == 0
+        canvas.stroke_start(100, 100)
+        canvas.stroke_move(160, 160)
+        canvas.stroke_end()
+        canvas.enabled.value, canvas.strength.value, canvas.mask_blur.value = True, 1.0, 2
+        d.prompt.prompt.value = "a green square on a yellow background"
+        assert d.generate() and d.wait(60) and d.last_error is None, d.last_error
+        run = d.last_run
+        assert run.pipeline_class == "StableDiffusionInpaintPipeline"
+        from PIL import ImageFilter
+
+        outside = np.asarray(canvas.mask.filter(ImageFilter.GaussianBlur(2))) == 0
+        diff = np.abs(pixels(run.image) - pixels(base)).max(axis=2)
+        assert diff[outside].max() == 0 and diff[~outside].max() > 0
+        assert same(session.log.rerun(run.run_id).image, run.image)
+    finally:
+        d.wait(60)
+        d.close()

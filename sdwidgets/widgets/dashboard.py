@@ -20,6 +20,7 @@ from .explainer import ExplainerPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
+from .maskcanvas import MaskCanvas
 from .modes import ModesPanel
 from .prompt import PromptPanel
 from .scrubber import StepScrubber
@@ -46,8 +47,9 @@ class Dashboard(Panel):
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
         self.modes = ModesPanel(session)
+        self.inpaint = MaskCanvas(image_source=self.last_image)
         self.panels = [self.prompt, self.builder, self.live, self.scrubber, self.controlnet, self.lora, self.log,
-                       self.explainer, self.modes]
+                       self.explainer, self.modes, self.inpaint]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -68,8 +70,8 @@ class Dashboard(Panel):
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
         tabs = W.Tab(children=[self.scrubber.root, self.controlnet.root, self.lora.root, self.log.root,
-                               self.explainer.root, self.modes.root],
-                     titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer", "Hires / variation / detail"))
+                               self.explainer.root, self.modes.root, self.inpaint.root],
+                     titles=("Steps", "ControlNet", "LoRA", "Log", "Explainer", "Hires / variation / detail", "Inpaint"))
         left = W.VBox([self.prompt.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
         self.live.root.layout.flex = "1 1 auto"
@@ -84,7 +86,8 @@ class Dashboard(Panel):
 
     def params(self) -> GenerationParams:
         """The GenerationParams the panels describe now (raises ParamError on bad input)."""
-        return GenerationParams(**self.prompt.values(), **self.modes.values(), loras=self.lora.loras(),
+        return GenerationParams(**self.prompt.values(), **self.modes.values(), **self.inpaint.values(),
+                                loras=self.lora.loras(),
                                 controls=self.controlnet.controls())
 
     def generate(self, params: GenerationParams | None = None, tags: dict | None = None) -> bool:

@@ -1,8 +1,7 @@
 """Modes panel: Hires. fix, variation seed, prompt syntax and the detail pass (sdwidgets/modes).
 
 `values()` gives the Session.generate keyword arguments of the modes that are switched on;
-`fill(params)` shows a logged run's. Inpainting needs a mask: pass mask_image from Python or
-`%%sd --mask` (a painting canvas is not part of the dashboard yet).
+`fill(params)` shows a logged run's. Inpainting has its own tab (maskcanvas.MaskCanvas).
 """
 from __future__ import annotations
 
