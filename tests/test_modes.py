@@ -263,6 +263,8 @@ def test_detail_pass_with_a_session_detector_and_an_unknown_one(session):
         session.generate(PROMPT, seed=1, steps=2, detail={"detector": "faces"})
     with pytest.raises(ParamError, match="detail strength must be in"):
         session.generate(PROMPT, seed=1, steps=2, detail={"strength": 2})
+    with pytest.raises(ParamError, match="the detail pass would run no step"):
+        session.generate(PROMPT, seed=1, steps=2, detail={"strength": 0.4})
     assert session.loads == 0 and len(session.log) == 0
     session.detectors["corner"] = lambda image: [(0, 0, 24, 24)]
     base = session.generate(PROMPT, seed=1, steps=4).image

@@ -73,6 +73,10 @@ def check(p, set_) -> None:
         from .detail import DetailPass
 
         set_("detail", DetailPass.from_value(p.detail))
+        steps = p.detail.steps or p.steps
+        if int(steps * p.detail.strength) < 1:     # the inpainting pass runs int(steps * strength) steps
+            raise ParamError(f"the detail pass would run no step: steps ({steps}) x detail strength "
+                             f"({p.detail.strength:g}) < 1; raise either")
 
 
 def to_dict(p) -> dict:
