@@ -24,6 +24,7 @@ _LAZY = {
     "DEFAULT_MODEL": "models", "BUILTIN_MODELS": "models",
     "Dashboard": "widgets.dashboard", "train_lora": "training.lora",
     "PromptSet": "evaluation.promptset", "Evaluation": "evaluation.design",
+    "outpaint_canvas": "modes.inpaint",
 }
 __all__ = sorted(_LAZY) + ["Session", "load_ipython_extension", "session", "set_session"]
 

@@ -14,6 +14,8 @@ DEMO_PROMPTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .magic_parse import add_mode_arguments
+
     parser = argparse.ArgumentParser(prog="sdwidgets", description="Stable Diffusion sessions with a reproducible log")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--control", action="append", default=[], metavar="KIND:IMAGE[:SCALE]")
     gen.add_argument("--init", metavar="IMAGE")
     gen.add_argument("--strength", type=float)
+    add_mode_arguments(gen.add_argument)     # --mask, --hires, --denoise, --subseed, --prompt-syntax, ...
     gen.add_argument("--log-dir", default="sd-runs")
 
     log = sub.add_parser("log", help="show the last runs of a log folder")
@@ -123,7 +126,7 @@ def run_train(argv: list[str]) -> int:
 
 
 def run_generate(args) -> int:
-    from .magic_parse import parse_control, parse_lora
+    from .magic_parse import mode_options, parse_control, parse_lora
     from .session import Session
     from .sweep import parse_size
 
@@ -133,7 +136,7 @@ def run_generate(args) -> int:
                      guidance_scale=args.cfg, width=width, height=height, scheduler=args.sampler,
                      num_images=args.num_images, batch_size=args.batch_size, loras=dict(parse_lora(t) for t in args.lora),
                      controls=[parse_control(t, {}) for t in args.control], init_image=args.init,
-                     strength=args.strength, tags={"source": "cli"})
+                     strength=args.strength, tags={"source": "cli"}, **mode_options(args, {}))
     print(run.caption())
     for path in run.image_paths:
         print(path)

@@ -315,7 +315,7 @@ class ExperimentLog:
         self.refresh()
 
     def _store_inputs(self, params: GenerationParams) -> None:
-        images = [params.init_image] if params.init_image is not None else []
+        images = [im for im in (params.init_image, params.mask_image) if im is not None]
         images += [c.image for c in params.controls]
         if not images:
             return
@@ -335,7 +335,7 @@ class ExperimentLog:
         one = params.replace(seed=params.seed + index, num_images=1, init_image=params.init_image) \
             if index else params.replace(num_images=1)
         info = PngInfo()
-        info.add_text(INFOTEXT_KEY, one.infotext(sampler=context["scheduler"], width=image.width, height=image.height,
+        info.add_text(INFOTEXT_KEY, one.infotext(sampler=context["scheduler"], width=context["width"], height=context["height"],
                                                  model_name=context["model"], model_hash=context["model_hash"]))
         info.add_text(JSON_KEY, json.dumps({"params": one.to_dict(), "run_context": {
             k: context[k] for k in ("model", "model_hash", "scheduler", "device", "dtype")}}))

@@ -188,10 +188,64 @@ def _size(text):
         raise argparse.ArgumentTypeError(str(exc).removeprefix("size: ")) from None
 
 
+def _scale(text):
+    return parse_number(str(text).strip().lower().removesuffix("x"), "value", 1.0, 8.0)
+
+
 def _identifier(text):
     if not text.isidentifier():
         raise ValueError(text)
     return text
+
+
+def add_mode_arguments(add) -> None:
+    """The options of the modes (issue 25), named like A1111's; shared by %%sd and the CLI."""
+    add("--mask", metavar="IMAGE", help="inpaint: mask image (white = repaint) with --init; a path or a variable name")
+    add("--mask-blur", dest="mask_blur", type=_typed(lambda v: parse_int(v, "value", 0, 64), "an integer in [0, 64]"),
+        help="inpaint: blur of the mask in pixels (default 4)")
+    add("--inpaint-padding", dest="inpaint_padding", type=_typed(lambda v: parse_int(v, "value", 0), "an integer >= 0"),
+        help='inpaint "only masked": the masked area plus this padding, at full resolution')
+    add("--hires", type=_typed(_scale, "a scale like 2x or 1.5"), help="Hires. fix: upscale by this factor, then img2img")
+    add("--hires-steps", dest="hires_steps", type=_typed(_positive, "a positive integer"),
+        help="Hires. fix: steps of the second pass (default: --steps)")
+    add("--hires-upscaler", dest="hires_upscaler", choices=["Lanczos", "Latent"], help="Hires. fix: Lanczos or Latent")
+    add("--denoise", type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="denoising strength of the pass it goes with: --hires, else --mask/--init")
+    add("--subseed", type=_typed(lambda v: parse_int(v, "value", 0), "an integer >= 0"), help="variation seed")
+    add("--subseed-strength", dest="subseed_strength",
+        type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="variation strength: 0 the seed's image, 1 the subseed's")
+    add("--prompt-syntax", dest="prompt_syntax", choices=["plain", "a1111", "compel"],
+        help="plain (CLIP's 77 tokens), a1111 ((word:1.3), BREAK, long prompts) or compel")
+    add("--detail", metavar="DETECTOR", help="detail pass: inpaint what DETECTOR finds (shapes, or session.detectors)")
+    add("--detail-prompt", dest="detail_prompt", help="detail pass: prompt of the regions (default: the cell's)")
+    add("--detail-strength", dest="detail_strength",
+        type=_typed(lambda v: parse_number(v, "value", 0.0, 1.0), "a number in [0, 1]"),
+        help="detail pass: denoising strength (default 0.4)")
+
+
+def mode_options(args, ns: dict) -> dict:
+    """generate() kwargs of the mode options; --denoise goes with --hires, else with --init (--mask)."""
+    out = {"mask_blur": args.mask_blur, "inpaint_padding": args.inpaint_padding, "hires_scale": args.hires,
+           "hires_steps": args.hires_steps, "hires_upscaler": args.hires_upscaler, "subseed": args.subseed,
+           "subseed_strength": args.subseed_strength, "prompt_syntax": args.prompt_syntax}
+    if args.mask:
+        out["mask_image"] = _image_ref(args.mask, ns, "--mask")
+    if args.detail:
+        out["detail"] = {"detector": args.detail, **({"prompt": args.detail_prompt} if args.detail_prompt else {}),
+                         **({"strength": args.detail_strength} if args.detail_strength is not None else {})}
+    elif args.detail_prompt or args.detail_strength is not None:
+        raise ParamError("--detail-prompt and --detail-strength go with --detail DETECTOR")
+    if args.denoise is not None:
+        if args.hires:
+            out["hires_strength"] = args.denoise
+        elif args.init:
+            if args.strength is not None:
+                raise ParamError("--denoise and --strength both set the img2img strength; give one")
+            out["strength"] = args.denoise
+        else:
+            raise ParamError("--denoise needs the pass it goes with: --hires, or --init (with --mask to inpaint)")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--init", metavar="IMAGE", help="init image (image-to-image): a path, a variable (image or Run), "
         "`last` or a run id")
     add("--strength", type=_typed(float, "a number in [0, 1]"), help="img2img denoising strength")
+    add_mode_arguments(add)
     add("-o", "--out", type=_typed(_identifier, "a Python identifier"),
         help="store the Run (a sweep: its list of runs) under this name")
     add("--no-preview", dest="preview", action="store_false", help="no live preview while it runs")

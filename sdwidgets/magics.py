@@ -24,9 +24,10 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from .errors import ParamError, SDWidgetsError
-from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, parse_control, parse_line, parse_lora,
-                          pasted_settings, template_fields)
-from .sweep import SweepResult, cells, parse_axes, parse_size
+from .magic_parse import (PARSER, Plan, _image_ref, _jsonable, expand, mode_options, parse_control, parse_line,
+                          parse_lora, pasted_settings, template_fields)
+from .modes import wildcards
+from .sweep import MAX_AXES, SweepResult, cells, parse_axes, parse_size, wildcard_axis
 from .validate import close_matches
 
 # ---- the magic ----------------------------------------------------------------------------------
@@ -107,8 +108,15 @@ class SDMagic(Magics):
             return eval_plan(self, args, cell)
         if not cell.strip():
             raise ParamError("the cell is empty: write the prompt in the cell body, under %%sd")
-        fields = template_fields(cell)
+        # {a|b} variants (issue 25, modes/wildcards): every combination is one run, an axis named prompt
+        variants = wildcards.expand(cell, self.max_runs) if wildcards.has_variants(cell) else None
+        fields = template_fields(variants[0] if variants else cell)
         axes = parse_axes(args.sweep, set().union(*fields.values()) if fields else set(), self.max_runs)
+        if variants:
+            axes = [wildcard_axis(variants), *axes]
+            if len(axes) > MAX_AXES:
+                raise ParamError(f"--sweep: {{a|b}} variants are a sweep of the prompt; at most {MAX_AXES - 1} "
+                                 "--sweep with them")
         n_images = args.num_images or 1
         for axis in axes:
             n_images *= len(axis.values)
@@ -127,7 +135,7 @@ class SDMagic(Magics):
                 axis.apply(swept, variables, chosen[axis.name])
             if "loras" in swept:
                 swept["loras"] = {**explicit.get("loras", {}), **swept["loras"]}
-            text, values = expand(cell, {**ns, **variables})
+            text, values = expand(chosen["prompt"] if variants else cell, {**ns, **variables})
             settings, prompt, negative = parse_infotext(text)
             pasted = pasted_settings(settings)
             if pasted and not plan.notes:
@@ -173,6 +181,7 @@ class SDMagic(Magics):
             out["controls"] = [parse_control(t, ns, log) for t in args.control]
         if args.init:
             out["init_image"] = _image_ref(args.init, ns, "--init", log)
+        out.update(mode_options(args, ns))
         return {k: v for k, v in out.items() if v is not None}
 
     def _check_resources(self, params: list) -> None:

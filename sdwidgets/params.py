@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ParamError, ParamWarning
 from .limits import check_limit
+from .modes import fields as mode_fields
 from .schedulers import SAMPLER_NAMES, check_sampler
 from .validate import check_int, check_number, load_image
 
@@ -42,6 +43,18 @@ class GenerationParams:
     controls: tuple = ()                 # tuple[Control, ...]
     init_image: Any = None               # PIL.Image after validation
     strength: float | None = None
+    # modes (sdwidgets/modes, checked in modes.fields): variation seeds, prompt syntax, inpainting, Hires. fix
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    prompt_syntax: str | None = None     # plain | a1111 | compel (None: the session's)
+    mask_image: Any = None               # PIL "L" image after validation; white = repaint
+    mask_blur: int | None = None         # pixels (default 4 with a mask)
+    inpaint_padding: int | None = None   # "only masked" at full resolution with this padding (None: whole picture)
+    hires_scale: float | None = None
+    hires_steps: int | None = None       # None: the same as steps
+    hires_strength: float | None = None  # default 0.7 with hires_scale
+    hires_upscaler: str | None = None    # Lanczos | Latent (default Lanczos)
+    detail: Any = None                   # modes.detail.DetailPass (from a dict), None: no detail pass
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -100,6 +113,8 @@ class GenerationParams:
         elif self.strength is not None:
             check_number("strength", self.strength, 0.0, 1.0)
             raise ParamError("strength only applies with init_image (image-to-image); pass init_image or drop strength")
+        # 8. Modes
+        mode_fields.check(self, set_)
 
     @staticmethod
     def _normalise_loras(loras) -> tuple[tuple[str, float], ...]:
@@ -135,14 +150,19 @@ class GenerationParams:
     # ---- derived ------------------------------------------------------------------
     @property
     def task(self) -> str:
-        """Which pipeline family runs this: txt2img, img2img, controlnet, controlnet-img2img."""
+        """Which pipeline family runs this: txt2img, img2img, inpaint, controlnet, controlnet-img2img, ..."""
+        if self.mask_image is not None:
+            return "controlnet-inpaint" if self.controls else "inpaint"
         if self.controls:
             return "controlnet-img2img" if self.init_image is not None else "controlnet"
         return "img2img" if self.init_image is not None else "txt2img"
 
     @property
     def batches(self) -> list[int]:
-        """Images per pipeline call, in order: the batch layout (image i used seed + i)."""
+        """Images per pipeline call, in order: the batch layout (image i used seed + i). Variation
+        seeds, Hires. fix and the detail pass work image by image, so they make one per call."""
+        if self.subseed_strength or self.hires_scale or self.detail:
+            return [1] * self.num_images
         size = min(self.batch_size or self.num_images, self.num_images)
         return [min(size, self.num_images - start) for start in range(0, self.num_images, size)]
 
@@ -170,6 +190,7 @@ class GenerationParams:
             "controls": [c.to_dict() for c in self.controls],
             "init_image_sha256": image_sha256(self.init_image) if self.init_image is not None else None,
             "strength": self.strength,
+            **mode_fields.to_dict(self),
         }
 
     @classmethod
@@ -181,6 +202,9 @@ class GenerationParams:
         data = dict(data)
         data.setdefault("batch_size", 1)    # records from before batching made one image per call
         init_sha = data.pop("init_image_sha256", None)
+        mask_sha = data.pop("mask_image_sha256", None)
+        if mask_sha and mask_sha not in images:
+            raise ParamError(f"mask_image: image {mask_sha[:12]} is not stored with this record")
         controls = [Control.from_dict(c, images) for c in data.pop("controls", [])]
         init = None
         if init_sha:
@@ -188,7 +212,8 @@ class GenerationParams:
                 raise ParamError(f"init_image: image {init_sha[:12]} is not stored with this record")
             init = images[init_sha]
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known}, controls=controls, init_image=init)
+        return cls(**{k: v for k, v in data.items() if k in known}, controls=controls, init_image=init,
+                   mask_image=images[mask_sha] if mask_sha else None)
 
     def infotext(self, *, sampler: str, width: int, height: int, model_name: str = "", model_hash: str = "") -> str:
         """AUTOMATIC1111 'parameters' text: prompt, Negative prompt line, then key: value pairs."""
@@ -206,6 +231,7 @@ class GenerationParams:
             "Denoising strength": f"{self.strength:g}" if self.strength is not None else None,
             "Lora weights": ", ".join(f"{n}: {s:g}" for n, s in self.loras) or None,
         }
+        fields.update(mode_fields.infotext(self))
         lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None))
         return "\n".join(lines)
 
@@ -290,6 +316,12 @@ def infotext_settings(fields: dict) -> dict:
         if key in fields:
             try:
                 settings.update(read(fields[key]))
+            except ValueError:
+                warnings.warn(f"{key}: {str(fields[key])[:40]!r} does not parse; left out", ParamWarning, stacklevel=3)
+    for key, read in mode_fields.READERS.items():     # the modes' fields read all fields (a pass reads its strength)
+        if key in fields:
+            try:
+                settings.update(read(fields))
             except ValueError:
                 warnings.warn(f"{key}: {str(fields[key])[:40]!r} does not parse; left out", ParamWarning, stacklevel=3)
     sampler = fields.get("Sampler")

@@ -31,6 +31,7 @@ class Run:
     nsfw: list | None = None
     error: str | None = None
     tags: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)       # e.g. a prompt cut by the text encoder (sdwidgets.modes.prompts)
 
     @property
     def seeds(self) -> list[int]:

@@ -21,6 +21,7 @@ from . import families
 from .controlnet import HUB_CONTROLNETS
 from .errors import OutOfMemoryError, ParamError
 from .log import ExperimentLog
+from . import modes
 from .lora import LoraInfo, apply_strengths, bundled_loras, lora_info, lora_shapes
 from .models import ModelRef, builtin_assets, dtype_kwargs, load_pipeline, resolve, weights_hash
 from .options import Options
@@ -80,10 +81,11 @@ class Session:
 
     def __init__(self, log_dir=DEFAULT_LOG_DIR, device: str | None = None, dtype=None, model: str | None = None,
                  allow_unsafe: bool = False, preview_method: str | None = None, preview_size: int | None = None,
-                 **options):
+                 prompt_syntax: str = "plain", **options):
         self._device, self._dtype = device, dtype
         self.options = Options().update(**options)
         self._check_offload(self.options)
+        self.prompt_syntax = GenerationParams("", prompt_syntax=prompt_syntax).prompt_syntax   # validated (issue 25)
         check_method(preview_method)
         check_size(preview_size)
         # how step previews are made (sdwidgets.previewers); None: the best the model has
@@ -101,6 +103,7 @@ class Session:
         self._active = 0            # runs inside generate(), waiting or running
         self._active_lock = threading.Lock()
         self.loads = 0              # models read from disk: a knob change must never raise this
+        self.detectors: dict = {}   # name -> fn(image) -> boxes, for detail={"detector": name} (issue 25)
         self.running = False
 
     # ---- device -----------------------------------------------------------------------------
@@ -323,9 +326,11 @@ class Session:
         ref = self.resolve(params.model)
         self._check_loras(ref, params)
         self._check_controls(ref, params)
+        modes.check(self, params)      # issue 25: e.g. the detail pass's detector
         # record what actually runs: the drawn seed and the resolved model
         params = params.replace(seed=params.seed if params.seed is not None else secrets.randbelow(2**32),
-                                model=ref.name if ref.kind in ("builtin", "hub") else ref.location)
+                                model=ref.name if ref.kind in ("builtin", "hub") else ref.location,
+                                prompt_syntax=params.prompt_syntax or self.prompt_syntax)
 
         with self._active_lock:
             self._active += 1
@@ -351,6 +356,12 @@ class Session:
         from .evaluation.design import evaluate
 
         return evaluate(self, prompt_set, grid, seeds, scorers, **kwargs)
+
+    def seed_travel(self, prompt: str, seeds, frames: int = 8, **kwargs):
+        """Frames from each seed's image to the next (variation seeds), each a logged run (modes/travel.py)."""
+        from .modes.travel import seed_travel
+
+        return seed_travel(self, prompt, seeds, frames, **kwargs)
 
     def _check_loras(self, ref: ModelRef, params: GenerationParams) -> None:
         known = self._known_loras(ref) if params.loras else {}
@@ -406,12 +417,16 @@ class Session:
             first = 0
             for count in params.batches:
                 pipe.scheduler = recorder.start_batch(first, count, make_scheduler(params.scheduler, loaded.original_scheduler))
-                call = self._call_arguments(params, width, height, params.seed + first, count)
+                # -- modes (issue 25, sdwidgets/modes): variation noise, prompt embeds, mask; then
+                #    the passes after the call (Hires. fix, inpaint paste-back, detail)
+                call = modes.prepare_call(pipe, params, self._call_arguments(params, width, height, params.seed + first,
+                                                                             count), run)
                 if params.controls and params.init_image is None and "image" not in inspect.signature(pipe.__call__).parameters:
                     call["control_image"] = call.pop("image")    # SD3's ControlNet pipeline names it so
                 with _seeded_global_rng(params.seed + first, self.device):
                     out = pipe(**call, callback_on_step_end=recorder)
-                run.images += out.images
+                run.images += modes.finish(self, loaded, params, call, out.images, params.seed + first)
+                # -- end modes
                 flagged = getattr(out, "nsfw_content_detected", None)
                 run.nsfw = None if flagged is None else (run.nsfw or []) + list(flagged)
                 first += count
@@ -473,6 +488,8 @@ class Session:
                 nets = [self._controlnet(loaded, k) for k in kinds]
                 extra["controlnet"] = nets[0] if len(nets) == 1 else nets
             auto = diffusers.AutoPipelineForImage2Image if params.init_image is not None else diffusers.AutoPipelineForText2Image
+            if modes.pipeline_kind(params) == "inpaint":     # issue 25: plain checkpoints inpaint too
+                auto = diffusers.AutoPipelineForInpainting
             variant = auto.from_pipe(loaded.pipe, **extra)
             variant.set_progress_bar_config(disable=not self.options.progress, leave=False)
             loaded.variants[key] = variant

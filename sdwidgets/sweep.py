@@ -64,7 +64,7 @@ class Axis:
 
     name: str
     values: list
-    kind: str            # "param" | "lora" | "var"
+    kind: str            # "param" | "lora" | "var" | "prompt" ({a|b} variants: the magic sets the prompt)
 
     def label(self, value) -> str:
         if self.name == "size":
@@ -75,6 +75,8 @@ class Axis:
 
     def apply(self, kwargs: dict, variables: dict, value) -> None:
         """Set this axis' value into generate() kwargs or the template variables."""
+        if self.kind == "prompt":
+            return
         if self.kind == "var":
             variables[self.name] = value
         elif self.kind == "lora":
@@ -85,6 +87,11 @@ class Axis:
                 kwargs.update(zip(target, value))
             else:
                 kwargs[target] = value
+
+
+def wildcard_axis(prompts: list[str]) -> Axis:
+    """The prompts a cell's {a|b} variants expand to, as a sweep axis (the magic sets each as the prompt)."""
+    return Axis("prompt", list(prompts), "prompt")
 
 
 def split_values(text: str) -> list[str]:

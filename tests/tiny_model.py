@@ -92,3 +92,35 @@ def build_tiny_controlnet(model_folder, out_folder):
                 p.normal_(0, 0.3)
     net.save_pretrained(out_folder)
     return out_folder
+
+
+def build_tiny_sdxl(folder, seed: int = 0):
+    """A tiny random SDXL pipeline (two CLIP text encoders, text_time embedding), the shapes tokenizer."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from sdwidgets.models import BUILTIN_MODELS
+
+    folder = Path(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN_MODELS["shapes"] / "tokenizer")
+    torch.manual_seed(seed)
+    config = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                  num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=16)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + 16)
+    vae = AutoencoderKL(block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        norm_num_groups=4, sample_size=64)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**config)),
+                                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**config)),
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear",
+                                                                      beta_start=0.00085, beta_end=0.012))
+    pipe.save_pretrained(folder / "model")
+    return folder / "model"

@@ -23,11 +23,13 @@ from .image_import import ImageImportPanel
 from .live import LivePreview
 from .logbrowser import LogPanel
 from .lora import LoraPanel
+from .maskcanvas import MaskCanvas
+from .modes import ModesPanel
 from .prompt import PromptPanel
 from .scrubber import StepScrubber
 
 
-TABS = ("Steps", "img2img", "ControlNet", "LoRA", "Log", "Explainer")
+TABS = ("Steps", "img2img", "ControlNet", "LoRA", "Log", "Explainer", "Hires / variation / detail", "Inpaint")
 
 
 class Dashboard(Panel):
@@ -53,8 +55,10 @@ class Dashboard(Panel):
         self.log = LogPanel(session)
         self.explainer = ExplainerPanel(session, image_source=self.last_image)
         self.importer = ImageImportPanel(session)    # "load parameters from an image"
+        self.modes = ModesPanel(session)
+        self.inpaint = MaskCanvas(image_source=self.last_image)
         self.panels = [self.prompt, self.builder, self.live, self.actions, self.scrubber, self.img2img,
-                       self.controlnet, self.lora, self.log, self.explainer, self.importer]
+                       self.controlnet, self.lora, self.log, self.explainer, self.importer, self.modes, self.inpaint]
         self.last_run = None
         self.last_error: BaseException | None = None
         self.runs_started = 0
@@ -79,7 +83,8 @@ class Dashboard(Panel):
         builder = W.Accordion(children=[self.builder.root], titles=("Prompt builder",))
         builder.selected_index = None
         self.tabs = tabs = W.Tab(children=[self.scrubber.root, self.img2img.root, self.controlnet.root,
-                                           self.lora.root, self.log.root, self.explainer.root],
+                                           self.lora.root, self.log.root, self.explainer.root, self.modes.root,
+                                           self.inpaint.root],
                                  titles=TABS)
         left = W.VBox([self.prompt.root, self.importer.root, builder], layout=W.Layout(flex="0 0 55%", min_width="520px",
                                                                    padding="0 8px 0 0"))
@@ -95,12 +100,14 @@ class Dashboard(Panel):
 
     def params(self) -> GenerationParams:
         """The GenerationParams the panels describe now (raises ParamError on bad input)."""
-        return GenerationParams(**self.prompt.values(), loras=self.lora.loras(), controls=self.controlnet.controls(),
-                                **self.img2img.values())
+        # an inpainting mask brings its own image and strength, in place of img2img's
+        return GenerationParams(**self.prompt.values(), **self.modes.values(), loras=self.lora.loras(),
+                                controls=self.controlnet.controls(), **{**self.img2img.values(), **self.inpaint.values()})
 
     def fill(self, params: GenerationParams) -> None:
         """Every panel shows `params` (a log row's "To prompt"): Generate then makes the same run."""
         self.prompt.fill(params)
+        self.modes.fill(params)
         self.lora.set_loras(params.loras)
         self.controlnet.set_controls(params.controls)
         if params.init_image is not None:
